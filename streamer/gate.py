@@ -195,9 +195,10 @@ class MemoryGate:
         Raises :class:`MemoryWaitTimeout` once the time spent short of memory
         exceeds ``max_wait``; waiting only for a free slot never times out.
         """
-        granted = self.try_acquire(nbytes)
-        if granted is not None:
-            return granted
+        reading = self._probe()
+        self._check_possible(nbytes, reading)
+        if not self._queue and self._blocker(nbytes, reading) is None:
+            return self._grant(nbytes)
 
         loop = asyncio.get_running_loop()
         waiter = _Waiter(nbytes, loop.create_future())
@@ -206,13 +207,10 @@ class MemoryGate:
         since = self._clock.now()
         attempt = 0
         short_for = 0.0
-        reading = self._probe()
-        blocker = self._blocker(nbytes, reading) or "queue"
         try:
             while True:
+                reading = self._probe()
                 if self._queue[0] is waiter:
-                    reading = self._probe()
-                    self._check_possible(nbytes, reading)
                     found = self._blocker(nbytes, reading)
                     if found is None:
                         self._queue.popleft()

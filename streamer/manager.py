@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import threading
@@ -265,7 +266,7 @@ class JobManager:
         self._runs[job_id] = run
         task = asyncio.create_task(self._run_job(job, run), name=f"streamer-{job_id}")
         self._tasks[job_id] = task
-        task.add_done_callback(self._job_task_done)
+        task.add_done_callback(functools.partial(self._job_task_done, job))
         logger.info("started job %s with %s", job_id, name)
         self._publish(JobStarted, job)
 
@@ -626,8 +627,12 @@ class JobManager:
         self._tasks.pop(job.job_id, None)
         self._publish(JobRemoved, job)
 
-    def _job_task_done(self, task: asyncio.Task[None]) -> None:
+    def _job_task_done(self, job: ConversionJob, task: asyncio.Task[None]) -> None:
         if task.cancelled():
+            # A task cancelled before its first step never ran the handler
+            # that ends the job, so the job is ended here.
+            if not job.status.is_final:
+                self._finish(job, JobStatus.CANCELLED, "Job was cancelled")
             return
         exc = task.exception()
         if exc is not None:

@@ -581,3 +581,17 @@ async def test_manager_remove_job_only_when_finished(
     assert recorder.types(job_id)[-1] == "job.removed"
     with pytest.raises(JobNotFound):
         manager.remove_job(job_id)
+
+
+async def test_manager_cancel_right_after_start(make_manager: Build) -> None:
+    """A job cancelled in the same instant it was started still ends cancelled."""
+    converter = Controlled()
+    manager = make_manager(converter=converter)
+    job_id = manager.create_job("s", ["a"])
+    await manager.start_job(job_id)
+    assert await manager.cancel_job(job_id) is True
+    job = manager.get_job(job_id)
+    assert job is not None
+    assert job.status is JobStatus.CANCELLED
+    assert job.completed_at is not None
+    assert converter.started == []
