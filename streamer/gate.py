@@ -85,6 +85,8 @@ class GateStatistics:
     reserved_bytes: int
     reservations: int
     waiting: int
+    #: Seconds requests have spent in the queue, over the gate's life.
+    waited_seconds: float
 
 
 class Reservation:
@@ -145,6 +147,7 @@ class MemoryGate:
         self._rng = rng if rng is not None else random.Random()
         self._reservations: set[Reservation] = set()
         self._queue: deque[_Waiter] = deque()
+        self._waited = 0.0
 
     @property
     def probe(self) -> MemoryProbe:
@@ -155,6 +158,7 @@ class MemoryGate:
             reserved_bytes=sum(r.nbytes for r in self._reservations),
             reservations=len(self._reservations),
             waiting=len(self._queue),
+            waited_seconds=self._waited,
         )
 
     def free_bytes(self, reading: MemoryReading) -> int:
@@ -271,6 +275,7 @@ class MemoryGate:
                     )
                 await self._sleep_or_wake(waiter, delay)
         finally:
+            self._waited += self._clock.monotonic() - started
             if waiter in self._queue:
                 was_head = self._queue[0] is waiter
                 self._queue.remove(waiter)
