@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -41,7 +42,54 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="memory per document (default: a third of what is free now)",
     )
+    serve = commands.add_parser("serve", help="run the HTTP and WebSocket server")
+    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000")
+    serve.add_argument(
+        "--secret",
+        default=os.environ.get("STREAMER_SECRET"),
+        help="token signing secret (default: $STREAMER_SECRET, else random)",
+    )
+    serve.add_argument(
+        "--origin",
+        action="append",
+        dest="origins",
+        help="an origin allowed to open the WebSocket (repeatable)",
+    )
+    serve.add_argument(
+        "--memory-required-gb",
+        type=float,
+        default=10.0,
+        help="memory per document (default 10)",
+    )
+    serve.add_argument("--ws-max-size", type=int, default=1 << 16)
+    serve.add_argument("--ws-ping-interval", type=float, default=20.0)
+    serve.add_argument("--ws-ping-timeout", type=float, default=20.0)
     return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    app = create_app(
+        JobManager(memory_required_gb=args.memory_required_gb),
+        secret=args.secret,
+        origins=tuple(args.origins) if args.origins else None,
+    )
+    print(f"streamer serving on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        ws="websockets-sansio",
+        ws_max_size=args.ws_max_size,
+        ws_ping_interval=args.ws_ping_interval,
+        ws_ping_timeout=args.ws_ping_timeout,
+        log_level="info",
+    )
+    return 0
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -93,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "demo":
         return asyncio.run(_demo(args))
+    if args.command == "serve":
+        return _serve(args)
     return 2
 
 

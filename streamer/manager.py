@@ -16,7 +16,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from .clock import Clock, SystemClock
@@ -52,7 +52,7 @@ from .job import (
     MemoryStatus,
 )
 from .memory import GIB, MemoryProbe, SystemMemoryProbe
-from .progress import ProgressReporter
+from .progress import ProgressReporter, StopFlag
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENT",
@@ -137,6 +137,12 @@ class _Run:
     is_async: bool
     reporter: ProgressReporter
     cancelled: bool = False
+    # The current document's flag, so cancelling reaches its converter.
+    stop: StopFlag = field(default_factory=StopFlag)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.stop.stopped = True
 
 
 class JobManager:
@@ -281,7 +287,7 @@ class JobManager:
             return False
         run = self._runs.get(job_id)
         if run is not None:
-            run.cancelled = True
+            run.cancel()
         task = self._tasks.get(job_id)
         if task is None:
             # Never started: nothing runs, so the job ends here and now.
@@ -333,7 +339,7 @@ class JobManager:
         """Cancel every running job and wait for them to end."""
         tasks = [task for task in self._tasks.values() if not task.done()]
         for run in self._runs.values():
-            run.cancelled = True
+            run.cancel()
         for task in tasks:
             task.cancel()
         if tasks:
@@ -466,22 +472,21 @@ class JobManager:
         assert job._eta is not None
         outcome.status = DocumentStatus.CONVERTING
         job._eta.document_started()
-        abandoned = False
-
-        def stopped() -> bool:
-            return run.cancelled or abandoned
-
+        stop = run.stop = StopFlag()
+        stop.stopped = run.cancelled
         try:
-            result = await self._call(job, run, index, outcome, stopped, lease)
+            result = await self._call(job, run, index, outcome, stop, lease)
         except asyncio.CancelledError:
             self._flush_progress(job)
-            abandoned = True
+            run.reporter.document_done()
+            stop.stopped = True
             outcome.duration_seconds = job._eta.document_finished()
             outcome.status = DocumentStatus.CANCELLED
             raise
         except Exception as exc:
             self._flush_progress(job)
-            abandoned = True
+            run.reporter.document_done()
+            stop.stopped = True
             outcome.duration_seconds = job._eta.document_finished()
             outcome.status = DocumentStatus.FAILED
             outcome.error = _describe(exc)
@@ -498,6 +503,7 @@ class JobManager:
             return
 
         self._flush_progress(job)
+        run.reporter.document_done()
         outcome.duration_seconds = job._eta.document_finished()
         outcome.progress = 1.0
         outcome.status = DocumentStatus.CONVERTED
@@ -520,18 +526,18 @@ class JobManager:
         run: _Run,
         index: int,
         outcome: DocumentOutcome,
-        stopped: Callable[[], bool],
+        stop: StopFlag,
         lease: _Lease,
     ) -> dict[str, Any] | None:
         """Run the converter on one document, under the document timeout."""
         loop = asyncio.get_running_loop()
         if run.is_async:
-            callback = run.reporter.callback(outcome, index, stopped)
+            callback = run.reporter.callback(outcome, index, stop)
             work: asyncio.Future[Any] = asyncio.ensure_future(
                 _await(run.converter(outcome.document_id, callback))
             )
         else:
-            callback = run.reporter.threadsafe_callback(outcome, index, stopped, loop)
+            callback = run.reporter.threadsafe_callback(outcome, index, stop, loop)
             work = _in_thread(run.converter, outcome.document_id, callback, lease, loop)
 
         timed_out = False

@@ -20,9 +20,18 @@ from .clock import Clock, TimerHandle
 from .errors import ConversionCancelled, InvalidProgress
 from .job import ConversionJob, DocumentOutcome
 
-__all__ = ["ProgressReporter"]
+__all__ = ["ProgressReporter", "StopFlag"]
 
 logger = logging.getLogger("streamer.jobs")
+
+
+class StopFlag:
+    """Set when a document's converter must stop: cancelled, or abandoned."""
+
+    __slots__ = ("stopped",)
+
+    def __init__(self) -> None:
+        self.stopped = False
 
 
 class ProgressReporter:
@@ -44,6 +53,9 @@ class ProgressReporter:
         self._next_allowed = -math.inf
         self._timer: TimerHandle | None = None
         self.pending = False
+        # The document being converted: while an event is pending the
+        # callback skips updating the job, and this brings it up to date.
+        self._live: tuple[DocumentOutcome, int] | None = None
 
     def changed(self) -> None:
         """Note a change of progress; emit now or as soon as the interval allows."""
@@ -57,9 +69,15 @@ class ProgressReporter:
         self.pending = True
         self._timer = self._clock.call_later(self._next_allowed - now, self._fire)
 
+    def _sync(self) -> None:
+        if self._live is not None:
+            outcome, index = self._live
+            self._job.progress = (index + outcome.progress) / self._job.files_total
+
     def _fire(self) -> None:
         self._timer = None
         if self.pending:
+            self._sync()
             self.pending = False
             self._next_allowed = self._monotonic() + self._interval
             self._emit()
@@ -70,17 +88,24 @@ class ProgressReporter:
             self._timer.cancel()
             self._timer = None
         if self.pending:
+            self._sync()
             self.pending = False
             self._next_allowed = self._monotonic() + self._interval
             self._emit()
 
+    def document_done(self) -> None:
+        """The current document ended; its figures are the manager's again."""
+        self._live = None
+
     def callback(
-        self, outcome: DocumentOutcome, index: int, cancelled: Callable[[], bool]
+        self, outcome: DocumentOutcome, index: int, stop: StopFlag
     ) -> Callable[[float], None]:
         """The progress callback handed to a converter running on the event loop."""
         job = self._job
         total = job.files_total
+        changed = self.changed
         warned = False
+        self._live = (outcome, index)
 
         def on_progress(value: float) -> None:
             nonlocal warned
@@ -98,13 +123,18 @@ class ProgressReporter:
                         )
                     return
                 value = checked
-            if cancelled():
+            if stop.stopped:
                 raise ConversionCancelled(f"job {job.job_id} was cancelled")
             if value <= outcome.progress:
                 return
             outcome.progress = value
+
+            # With an event already pending, the job's figure is brought up
+            # to date when it goes out; until then nothing else is needed.
+            if self.pending:
+                return
             job.progress = (index + value) / total
-            self.changed()
+            changed()
 
         return on_progress
 
@@ -112,7 +142,7 @@ class ProgressReporter:
         self,
         outcome: DocumentOutcome,
         index: int,
-        cancelled: Callable[[], bool],
+        stop: StopFlag,
         loop: asyncio.AbstractEventLoop,
     ) -> Callable[[float], None]:
         """The progress callback for a synchronous converter in its own thread."""
@@ -126,7 +156,7 @@ class ProgressReporter:
             # Cleared before reading, so a value stored after this point
             # schedules another apply instead of being lost.
             scheduled = False
-            if not cancelled():
+            if not stop.stopped:
                 job.progress = (index + outcome.progress) / total
                 self.changed()
 
@@ -137,7 +167,7 @@ class ProgressReporter:
                 if checked is None:
                     return
                 value = checked
-            if cancelled():
+            if stop.stopped:
                 raise ConversionCancelled(f"job {job.job_id} was cancelled")
             if value <= outcome.progress:
                 return
