@@ -39,6 +39,7 @@ from .job import (
     JobStatus,
     MemoryStatus,
     format_eta,
+    format_gb,
 )
 from .manager import (
     MAX_MEMORY_WAIT_TIME,
@@ -110,6 +111,7 @@ __all__ = [
     "check_memory_for_conversion",
     "converter_name",
     "format_eta",
+    "format_gb",
     "get_job_manager",
     "probe_memory",
     "set_job_manager",

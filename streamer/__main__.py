@@ -69,9 +69,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from .app import create_app
+    from .runner import StreamerServer, server_config
 
     app = create_app(
         JobManager(memory_required_gb=args.memory_required_gb),
@@ -79,16 +78,16 @@ def _serve(args: argparse.Namespace) -> int:
         origins=tuple(args.origins) if args.origins else None,
     )
     print(f"streamer serving on http://{args.host}:{args.port}", flush=True)
-    uvicorn.run(
+    config = server_config(
         app,
         host=args.host,
         port=args.port,
-        ws="websockets-sansio",
         ws_max_size=args.ws_max_size,
         ws_ping_interval=args.ws_ping_interval,
         ws_ping_timeout=args.ws_ping_timeout,
         log_level="info",
     )
+    StreamerServer(config).run()
     return 0
 
 

@@ -6,8 +6,9 @@ and queues the same bytes for every subscriber of that session. Endpoints
 await :meth:`Subscription.get` and write what it returns to the wire; the hub
 itself does no I/O.
 
-A cursor reads ``<epoch>-<seq>``. The epoch is drawn at random per hub, so a
-cursor issued by an earlier server process is recognisably foreign; ``seq``
+A cursor reads ``<epoch>-<seq>``. The epoch is drawn at random per hub and
+session (the hub's part, then the session's), so a cursor issued by an earlier
+server process, or for another session, is recognisably foreign; ``seq``
 grows by one per event of a session. A new session's numbering starts where
 the hub's count of published events stands, so a session that is discarded and
 opened again never reuses a number a client may still hold.
@@ -23,7 +24,9 @@ Every subscriber's first message says where its stream starts:
 
 ``job.progress`` events are coalesced: when one arrives for a job whose
 previous progress a subscriber has not read yet, the queued message is
-replaced in place instead of a new one being appended. This is done whatever
+replaced in place instead of a new one being appended, unless another event of
+that job was queued after it, which the newer progress must not overtake.
+This is done whatever
 the queue length, not only past ``queue_size``, because it costs one dict
 lookup and spares the client stale work. The replacement keeps the cursor of
 the message it replaces: the messages behind it in the queue carry older
@@ -179,9 +182,18 @@ class _Frame:
 
 
 class _Session:
-    __slots__ = ("by_job", "everyone", "last_active", "members", "replay", "seq")
+    __slots__ = (
+        "by_job",
+        "epoch",
+        "everyone",
+        "last_active",
+        "members",
+        "replay",
+        "seq",
+    )
 
-    def __init__(self, seq: int, replay_size: int, now: float) -> None:
+    def __init__(self, epoch: str, seq: int, replay_size: int, now: float) -> None:
+        self.epoch = epoch
         self.seq = seq
         self.replay: deque[_Frame] = deque(maxlen=replay_size)
         self.members: set[Subscription] = set()
@@ -335,6 +347,10 @@ class Subscription:
                 return
 
             self._pending[frame.job_id] = frame
+        elif self._pending:
+            # A later progress of this job must not jump ahead of this event
+            # by taking the place of an earlier one.
+            self._pending.pop(frame.job_id, None)
 
         queue = self._queue
         queue.append(frame)
@@ -476,7 +492,7 @@ class Hub:
         # Encode before taking the number, so an event that cannot be
         # encoded leaves no gap in the session's sequence.
         seq = session.seq + 1
-        cursor = f"{self._epoch}-{seq}"
+        cursor = f"{session.epoch}-{seq}"
         message = {"type": event.type, "cursor": cursor, **event.to_dict()}
         message["type"] = event.type
         message["cursor"] = cursor
@@ -535,9 +551,10 @@ class Hub:
         wanted = None if jobs is None else frozenset(jobs)
         latest = self._published if session is None else session.seq
         replay: deque[_Frame] = deque() if session is None else session.replay
+        epoch = self._session_epoch() if session is None else session.epoch
         missed: list[_Frame] | None = None
         if cursor is not None:
-            missed, reason = self._missed(latest, replay, cursor)
+            missed, reason = self._missed(epoch, latest, replay, cursor)
             if missed is None:
                 logger.debug("session %s resets a subscriber: %s", session_id, reason)
 
@@ -558,14 +575,14 @@ class Hub:
             first = self._control(
                 {
                     "type": "snapshot",
-                    "cursor": f"{self._epoch}-{latest}",
+                    "cursor": f"{epoch}-{latest}",
                     "reset": cursor is not None,
                     "jobs": jobs_now,
                 }
             )
 
         if session is None:
-            session = self._open(session_id)
+            session = self._open(session_id, epoch)
 
         subscriber = Subscription(
             self, session_id, wanted, self._queue_size, self._hard_limit
@@ -632,20 +649,32 @@ class Hub:
             evicted=self._evicted,
         )
 
-    def _open(self, session_id: str) -> _Session:
-        session = _Session(self._published, self._replay_size, self._monotonic())
+    def cursor_prefix(self, session_id: str) -> str:
+        """The epoch part of a session's cursors; KeyError for an unknown session."""
+        return self._sessions[session_id].epoch
+
+    def _session_epoch(self) -> str:
+        return self._epoch + secrets.token_hex(4)
+
+    def _open(self, session_id: str, epoch: str | None = None) -> _Session:
+        session = _Session(
+            epoch or self._session_epoch(),
+            self._published,
+            self._replay_size,
+            self._monotonic(),
+        )
         self._sessions[session_id] = session
         return session
 
     def _missed(
-        self, latest: int, replay: deque[_Frame], text: str
+        self, epoch: str, latest: int, replay: deque[_Frame], text: str
     ) -> tuple[list[_Frame] | None, str]:
         try:
             cursor = parse_cursor(text)
         except InvalidCursor:
             return None, "malformed cursor"
 
-        if cursor.epoch != self._epoch:
+        if cursor.epoch != epoch:
             return None, "foreign epoch"
 
         if cursor.seq > latest:

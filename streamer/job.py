@@ -26,6 +26,7 @@ __all__ = [
     "JobStatus",
     "MemoryStatus",
     "format_eta",
+    "format_gb",
 ]
 
 # The original scheduler's requirement: an 8 GB model plus a 2 GB buffer.
@@ -123,8 +124,8 @@ class MemoryStatus:
     queue_position: int
 
     def to_dict(self) -> dict[str, Any]:
-        available_gb = _gb(self.available_bytes)
-        required_gb = _gb(self.required_bytes)
+        available_gb = format_gb(self.available_bytes)
+        required_gb = format_gb(self.required_bytes)
         wait = math.ceil(self.next_check_in_seconds)
         return {
             "available_gb": available_gb,
@@ -143,7 +144,8 @@ class MemoryStatus:
         }
 
 
-def _gb(nbytes: float) -> float:
+def format_gb(nbytes: float) -> float:
+    """Bytes as GiB to one decimal, an int when whole: ``3.2``, ``10``."""
     gb = round(nbytes / 1024**3, 1)
     return int(gb) if gb == int(gb) else gb
 

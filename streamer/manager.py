@@ -50,6 +50,7 @@ from .job import (
     DocumentStatus,
     JobStatus,
     MemoryStatus,
+    format_gb,
 )
 from .memory import GIB, MemoryProbe, SystemMemoryProbe
 from .progress import ProgressReporter, StopFlag
@@ -592,14 +593,19 @@ class JobManager:
         job.memory_available_gb = None
         job.memory = None
         reading = self.gate.probe()
+        free = max(0, self.gate.free_bytes(reading))
         waited = (
             (self.clock.now() - waited_since).total_seconds() if waited_since else 0.0
         )
+
+        # Free memory as memory_wait reported it: net of what is reserved,
+        # this document's grant included.
         self._publish(
             JobMemoryResumed,
             job,
             memory={
-                "available_gb": reading.available_gb,
+                "available_gb": format_gb(free),
+                "available_bytes": free,
                 "required_gb": job.memory_required_gb,
                 "source": reading.source,
                 "waited_seconds": round(waited, 3),
