@@ -102,7 +102,7 @@ def test_publish_cursor_follows_type() -> None:
     assert b", " not in data and b": " not in data
     message = json.loads(data)
     assert list(message) == ["type", "cursor", "job_id", "ts", "job"]
-    assert message["cursor"] == f"{hub.epoch}-1"
+    assert message["cursor"] == f"{hub.cursor_prefix('s1')}-1"
 
 
 def test_publish_shares_bytes_between_subscribers() -> None:
@@ -141,9 +141,24 @@ def test_publish_unencodable_event_leaves_no_gap() -> None:
 def test_parse_cursor_roundtrip() -> None:
     """A cursor the hub issues parses back to its epoch and sequence number."""
     hub = Hub()
-    cursor = parse_cursor(f"{hub.epoch}-42")
-    assert cursor == Cursor(hub.epoch, 42)
-    assert str(cursor) == f"{hub.epoch}-42"
+    hub.publish(lifecycle("a"))
+    prefix = hub.cursor_prefix("s1")
+    assert prefix.startswith(hub.epoch)
+    cursor = parse_cursor(f"{prefix}-42")
+    assert cursor == Cursor(prefix, 42)
+    assert str(cursor) == f"{prefix}-42"
+
+
+def test_cursor_prefix_differs_per_session() -> None:
+    """Two sessions of one hub issue cursors that cannot open each other."""
+    hub = Hub()
+    hub.publish(lifecycle("a"))
+    other = hub.subscribe("s2", snapshot=no_jobs)
+    assert hub.cursor_prefix("s1") != hub.cursor_prefix("s2")
+    foreign = f"{hub.cursor_prefix('s1')}-1"
+    resumed = hub.subscribe("s2", cursor=foreign, snapshot=no_jobs)
+    assert drain(resumed)[0]["reset"] is True
+    other.close()
 
 
 def test_parse_cursor_epoch_differs_per_hub() -> None:
@@ -193,7 +208,7 @@ def test_subscribe_without_cursor_starts_with_snapshot() -> None:
     assert drain(subscription) == [
         {
             "type": "snapshot",
-            "cursor": f"{hub.epoch}-0",
+            "cursor": f"{hub.cursor_prefix('s1')}-0",
             "reset": False,
             "jobs": jobs_of("a", "b"),
         }
@@ -291,7 +306,9 @@ def test_resume_at_oldest_retained_event() -> None:
         hub.publish(lifecycle("a", n))
 
     # Events 3, 4 and 5 are retained, so cursor 2 misses nothing.
-    resumed = hub.subscribe("s1", cursor=f"{hub.epoch}-2", snapshot=no_jobs)
+    resumed = hub.subscribe(
+        "s1", cursor=f"{hub.cursor_prefix('s1')}-2", snapshot=no_jobs
+    )
     messages = drain(resumed)
     assert messages[0]["replayed"] == 3
     assert [m["job"]["n"] for m in messages[1:]] == [2, 3, 4]
@@ -304,12 +321,12 @@ def test_resume_too_old_resets() -> None:
         hub.publish(lifecycle("a", n))
 
     resumed = hub.subscribe(
-        "s1", cursor=f"{hub.epoch}-1", snapshot=lambda: jobs_of("a")
+        "s1", cursor=f"{hub.cursor_prefix('s1')}-1", snapshot=lambda: jobs_of("a")
     )
     assert drain(resumed) == [
         {
             "type": "snapshot",
-            "cursor": f"{hub.epoch}-5",
+            "cursor": f"{hub.cursor_prefix('s1')}-5",
             "reset": True,
             "jobs": jobs_of("a"),
         }
@@ -322,11 +339,13 @@ def test_resume_foreign_epoch_resets() -> None:
     old.publish(lifecycle("a"))
     new.publish(lifecycle("a"))
 
-    resumed = new.subscribe("s1", cursor=f"{old.epoch}-1", snapshot=no_jobs)
+    resumed = new.subscribe(
+        "s1", cursor=f"{old.cursor_prefix('s1')}-1", snapshot=no_jobs
+    )
     message = drain(resumed)[0]
     assert message["type"] == "snapshot"
     assert message["reset"] is True
-    assert message["cursor"] == f"{new.epoch}-1"
+    assert message["cursor"] == f"{new.cursor_prefix('s1')}-1"
 
 
 def test_resume_future_cursor_resets() -> None:
@@ -334,7 +353,9 @@ def test_resume_future_cursor_resets() -> None:
     hub = Hub()
     hub.publish(lifecycle("a"))
 
-    resumed = hub.subscribe("s1", cursor=f"{hub.epoch}-2", snapshot=no_jobs)
+    resumed = hub.subscribe(
+        "s1", cursor=f"{hub.cursor_prefix('s1')}-2", snapshot=no_jobs
+    )
     message = drain(resumed)[0]
     assert (message["type"], message["reset"]) == ("snapshot", True)
 
@@ -346,7 +367,7 @@ def test_resume_malformed_cursor_resets(template: str) -> None:
     """A cursor that does not parse gets a reset snapshot, not an error."""
     hub = Hub()
     hub.publish(lifecycle("a"))
-    cursor = template.format(epoch=hub.epoch)
+    cursor = template.format(epoch=hub.cursor_prefix("s1"))
 
     resumed = hub.subscribe("s1", cursor=cursor, snapshot=no_jobs)
     messages = drain(resumed)
@@ -554,7 +575,7 @@ def test_coalesce_resume_from_any_received_cursor_is_lossless() -> None:
 
 def test_lifecycle_events_never_coalesced() -> None:
     """Every lifecycle event is queued, even many for one job."""
-    hub = Hub(queue_size=4, hard_limit=100)
+    hub = Hub(queue_size=4, hard_limit=200)
     subscription = hub.subscribe("s1", snapshot=no_jobs)
     kinds = ["job.created", "job.memory_wait", "job.memory_wait", "job.completed"]
     for n in range(50):
@@ -565,6 +586,22 @@ def test_lifecycle_events_never_coalesced() -> None:
     assert [m["job"]["n"] for m in messages if m["type"] != COALESCABLE] == list(
         range(50)
     )
+
+
+def test_progress_never_overtakes_lifecycle_of_its_job() -> None:
+    """A newer progress is queued after a lifecycle event of its job, not before."""
+    hub = Hub()
+    subscription = hub.subscribe("s1", snapshot=no_jobs)
+    hub.publish(progress("a", 1))
+    hub.publish(lifecycle("a", 2, kind="job.document_failed"))
+    hub.publish(progress("a", 3))
+    hub.publish(progress("a", 4))
+    messages = drain(subscription)[1:]
+    assert [(m["type"], m["job"]["n"]) for m in messages] == [
+        (COALESCABLE, 1),
+        ("job.document_failed", 2),
+        (COALESCABLE, 4),
+    ]
 
 
 # Backlog and eviction
