@@ -60,6 +60,7 @@ __all__ = [
     "MAX_MEMORY_WAIT_TIME",
     "MEMORY_CHECK_INTERVAL",
     "Converter",
+    "DocumentMemory",
     "JobManager",
     "Subscription",
     "converter_name",
@@ -71,6 +72,8 @@ ProgressCallback: TypeAlias = Callable[[float], None]
 _Result: TypeAlias = Mapping[str, Any] | None
 Converter: TypeAlias = Callable[[str, ProgressCallback], Awaitable[_Result] | _Result]
 EventCallback: TypeAlias = Callable[[JobEvent], None]
+# Bytes one document of a job needs, or None for the job's own figure.
+DocumentMemory: TypeAlias = Callable[[ConversionJob, str], int | None]
 
 # The original's figures: the cap of the backoff between memory checks and
 # the longest a document may wait for memory.
@@ -168,6 +171,7 @@ class JobManager:
         clock: Clock | None = None,
         memory_probe: MemoryProbe | None = None,
         history: ConverterHistory | None = None,
+        document_memory: DocumentMemory | None = None,
     ) -> None:
         if memory_required_gb < 0:
             raise ValueError(
@@ -186,6 +190,7 @@ class JobManager:
         self.cancel_grace = cancel_grace
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.history = history if history is not None else ConverterHistory()
+        self.document_memory = document_memory
         self.gate = MemoryGate(
             memory_probe if memory_probe is not None else SystemMemoryProbe(),
             clock=self.clock,
@@ -441,7 +446,7 @@ class JobManager:
         job.progress = index / job.files_total
         run.reporter.changed()
 
-        required = int(job.memory_required_gb * GIB)
+        required = self._memory_of(job, outcome.document_id)
         waited = False
 
         def on_wait(wait: MemoryWait) -> None:
@@ -461,6 +466,14 @@ class JobManager:
             await self._convert(job, run, index, outcome, lease)
         finally:
             lease.job_done()
+
+    def _memory_of(self, job: ConversionJob, document_id: str) -> int:
+        """What the gate reserves for one document: its own figure if known."""
+        if self.document_memory is not None:
+            declared = self.document_memory(job, document_id)
+            if declared is not None:
+                return max(0, int(declared))
+        return int(job.memory_required_gb * GIB)
 
     async def _convert(
         self,

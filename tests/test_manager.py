@@ -598,3 +598,30 @@ async def test_manager_cancel_right_after_start(make_manager: Build) -> None:
     assert job.status is JobStatus.CANCELLED
     assert job.completed_at is not None
     assert converter.started == []
+
+
+async def test_manager_document_memory_overrides_job_figure(
+    make_manager: Build, probe: StaticMemoryProbe
+) -> None:
+    """A per-document memory figure is what the gate reserves for that document."""
+    probe.available_bytes = 24 * GIB
+    converter = Controlled()
+    sizes = {"small": 1 * GIB, "huge": 20 * GIB}
+    manager = make_manager(
+        converter=converter,
+        memory_required_gb=10,
+        document_memory=lambda job, doc: sizes.get(doc),
+    )
+    first = manager.create_job("s", ["huge"])
+    second = manager.create_job("s", ["small", "plain"])
+    await manager.start_job(first)
+    await manager.start_job(second)
+    await converter.wait_started("small")
+    assert manager.gate.statistics().reserved_bytes == 21 * GIB
+    converter.finish("small")
+    await settle()
+
+    # "plain" declares nothing, so it needs the job's 10 GB: 20 + 10 > 24.
+    assert manager.get_job(second).status is JobStatus.WAITING_FOR_MEMORY  # type: ignore[union-attr]
+    converter.finish("huge")
+    await converter.wait_started("plain")
