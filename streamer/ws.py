@@ -113,11 +113,14 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.send_denial_response(exc.response())
         return
 
+    # Two tasks a connection, this one reading and one sending: when the
+    # sender closes the socket (shutdown, eviction), the client's answer or
+    # the ping timeout ends the reading here.
     with subscription:
         await websocket.accept()
         sender = asyncio.create_task(_send(websocket, subscription))
         try:
-            await _receive(websocket, server.settings, sender)
+            await _receive(websocket, server.settings)
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -145,23 +148,16 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
             await websocket.close(code, reason)
 
 
-async def _receive(
-    websocket: WebSocket, settings: ServerSettings, sender: asyncio.Task[None]
-) -> None:
+async def _receive(websocket: WebSocket, settings: ServerSettings) -> None:
     bucket = _Bucket(settings.client_messages_per_second)
     refused = 0
     while True:
-        receiver = asyncio.ensure_future(websocket.receive())
-        done, _ = await asyncio.wait(
-            {receiver, sender}, return_when=asyncio.FIRST_COMPLETED
-        )
-        if receiver not in done:
-            # The sender ended the connection (shutdown, eviction).
-            receiver.cancel()
-            return
-        message = receiver.result()
+        message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
+        if websocket.application_state != WebSocketState.CONNECTED:
+            # Closed from this side; only the client's close is awaited now.
+            continue
 
         if message.get("bytes") is not None:
             await _close(websocket, CLOSE_UNSUPPORTED, "binary frames are not accepted")
