@@ -153,14 +153,14 @@ async def test_eta_job_uses_previous_jobs_of_same_converter(
     manager = make_manager()
     converter = await _timed(clock, 20)
     first = manager.create_job("s", ["a"])
-    await manager.start_job(first, converter)  # type: ignore[arg-type]
-    assert manager.get_job(first).estimate_remaining_time() is None  # type: ignore[union-attr]
+    await manager.start_job(first, converter)
+    assert manager.get_job(first).estimate_remaining_time() is None
     await settle()
     await clock.advance(20)
     await manager.wait_job(first)
 
     second = manager.create_job("s", ["b", "c", "d"])
-    await manager.start_job(second, converter)  # type: ignore[arg-type]
+    await manager.start_job(second, converter)
     job = manager.get_job(second)
     assert job is not None
     assert job.to_dict()["eta_seconds"] == 60
@@ -174,7 +174,7 @@ async def test_eta_job_ignores_memory_wait(
     manager = make_manager(memory_wait_timeout=3600, memory_required_gb=10)
     converter = await _timed(clock, 10)
     job_id = manager.create_job("s", ["a", "b", "c"])
-    await manager.start_job(job_id, converter)  # type: ignore[arg-type]
+    await manager.start_job(job_id, converter)
     await settle()
     await clock.advance(10)
     job = manager.get_job(job_id)
@@ -207,4 +207,4 @@ async def test_eta_of_finished_job(make_manager: Build) -> None:
     assert (await manager.wait_job(done)).estimate_remaining_time() == 0
     cancelled = manager.create_job("s", ["b"])
     await manager.cancel_job(cancelled)
-    assert manager.get_job(cancelled).estimate_remaining_time() is None  # type: ignore[union-attr]
+    assert manager.get_job(cancelled).estimate_remaining_time() is None

@@ -77,7 +77,7 @@ async def test_events_lifecycle_in_order(
         "job.removed",
     ]
     converted = recorder.of("job.document_converted")[0]
-    assert converted.document == {  # type: ignore[attr-defined]
+    assert converted.document == {
         "document_id": "a",
         "status": "converted",
         "error": None,
@@ -85,8 +85,8 @@ async def test_events_lifecycle_in_order(
         "result": {"document_id": "a", "pages": 3},
     }
     failed = recorder.of("job.document_failed")[0]
-    assert failed.document["status"] == "failed"  # type: ignore[attr-defined]
-    assert failed.document["error"] == "RuntimeError: damaged"  # type: ignore[attr-defined]
+    assert failed.document["status"] == "failed"
+    assert failed.document["error"] == "RuntimeError: damaged"
     assert failed.job["files_failed"] == 1
     for event in recorder.events:
         assert event.job["job_id"] == job_id
@@ -124,7 +124,7 @@ async def test_events_memory_wait_says_what_and_when(
     await clock.advance(5)
     converter.finish("a")
     resumed = await recorder.wait_type("job.memory_resumed", second)
-    assert resumed.memory["waited_seconds"] == 5.0  # type: ignore[attr-defined]
+    assert resumed.memory["waited_seconds"] == 5.0
     assert resumed.job["status"] == "running"
     assert "memory_status" not in resumed.job
 

@@ -98,7 +98,7 @@ async def test_manager_simultaneous_starts_admit_what_fits(
     await settle()
 
     assert converter.active == 2
-    statuses = [manager.get_job(j).status for j in job_ids]  # type: ignore[union-attr]
+    statuses = [manager.get_job(j).status for j in job_ids]
     assert statuses.count(JobStatus.RUNNING) == 2
     assert statuses.count(JobStatus.WAITING_FOR_MEMORY) == 8
     waiting = [manager.get_job(j) for j in job_ids][2:]
@@ -145,12 +145,12 @@ async def test_manager_release_wakes_waiter_at_once(
     await manager.start_job(second)
     await settle()
     assert converter.started == ["a"]
-    assert manager.get_job(second).status is JobStatus.WAITING_FOR_MEMORY  # type: ignore[union-attr]
+    assert manager.get_job(second).status is JobStatus.WAITING_FOR_MEMORY
 
     converter.finish("a")
     await converter.wait_started("b")
     assert clock.monotonic() == 0.0
-    assert manager.get_job(second).status is JobStatus.RUNNING  # type: ignore[union-attr]
+    assert manager.get_job(second).status is JobStatus.RUNNING
 
 
 async def test_manager_waiters_served_in_arrival_order(
@@ -340,7 +340,7 @@ async def test_manager_cancel_while_waiting_for_memory(
     started = time.monotonic()
     await manager.cancel_job(waiter)
     assert time.monotonic() - started < 0.1
-    assert manager.get_job(waiter).status is JobStatus.CANCELLED  # type: ignore[union-attr]
+    assert manager.get_job(waiter).status is JobStatus.CANCELLED
     assert manager.gate.statistics().waiting == 0
     converter.finish("a")
     await manager.wait_job(holder)
@@ -356,7 +356,7 @@ async def test_manager_cancel_finished_job_returns_false(make_manager: Build) ->
     converter.finish("a")
     await manager.wait_job(job_id)
     assert await manager.cancel_job(job_id) is False
-    assert manager.get_job(job_id).status is JobStatus.COMPLETED  # type: ignore[union-attr]
+    assert manager.get_job(job_id).status is JobStatus.COMPLETED
 
 
 # -- defect 9: concurrency, progress values, sync converters, timeouts ---------
@@ -373,10 +373,7 @@ async def test_manager_concurrency_limit(make_manager: Build) -> None:
         await manager.start_job(job_id)
     await settle()
     assert converter.active == 2
-    assert all(
-        manager.get_job(j).status is JobStatus.RUNNING  # type: ignore[union-attr]
-        for j in job_ids
-    )
+    assert all(manager.get_job(j).status is JobStatus.RUNNING for j in job_ids)
     for i in range(5):
         converter.finish(f"d{i}")
     for job_id in job_ids:
@@ -540,7 +537,7 @@ async def test_manager_cancel_sync_converter_raises_into_callback(
     t0 = time.monotonic()
     await manager.cancel_job(job_id)
     assert time.monotonic() - t0 < 0.1
-    assert manager.get_job(job_id).status is JobStatus.CANCELLED  # type: ignore[union-attr]
+    assert manager.get_job(job_id).status is JobStatus.CANCELLED
     async with asyncio.timeout(TIMEOUT):
         while "cleanup" not in calls:
             await asyncio.sleep(0.005)
@@ -622,6 +619,6 @@ async def test_manager_document_memory_overrides_job_figure(
     await settle()
 
     # "plain" declares nothing, so it needs the job's 10 GB: 20 + 10 > 24.
-    assert manager.get_job(second).status is JobStatus.WAITING_FOR_MEMORY  # type: ignore[union-attr]
+    assert manager.get_job(second).status is JobStatus.WAITING_FOR_MEMORY
     converter.finish("huge")
     await converter.wait_started("plain")
