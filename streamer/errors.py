@@ -15,17 +15,36 @@ Every error the package raises on purpose derives from :class:`StreamerError`::
     ├── HubLimitExceeded
     ├── SubscriptionClosed
     │   └── SubscriberEvicted
-    └── InvalidToken
+    ├── InvalidToken
+    ├── DocumentError
+    │   ├── NotAPdf
+    │   ├── EncryptedPdf
+    │   ├── DamagedPdf
+    │   ├── EmptyPdf
+    │   └── DocumentUnreadable
+    ├── ConverterCrashed
+    └── MemoryBudgetExceeded
 
 ``JobNotFound`` and ``InvalidTransition`` are also ``ValueError`` because the
 original module raised ``ValueError`` for both, and callers catch it.
+
+A ``DocumentError`` is the document's own fault: converting it again fails
+again. ``ConverterCrashed`` and ``MemoryBudgetExceeded`` say that the worker
+process converting a document died or was stopped; the document may be to
+blame, or the machine.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ConversionCancelled",
+    "ConverterCrashed",
+    "DamagedPdf",
+    "DocumentError",
     "DocumentTimeout",
+    "DocumentUnreadable",
+    "EmptyPdf",
+    "EncryptedPdf",
     "HubClosed",
     "HubLimitExceeded",
     "InvalidCursor",
@@ -33,8 +52,10 @@ __all__ = [
     "InvalidToken",
     "InvalidTransition",
     "JobNotFound",
+    "MemoryBudgetExceeded",
     "MemoryRequestTooLarge",
     "MemoryWaitTimeout",
+    "NotAPdf",
     "StreamerError",
     "SubscriberEvicted",
     "SubscriptionClosed",
@@ -149,3 +170,88 @@ class InvalidToken(StreamerError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"invalid token: {reason}")
         self.reason = reason
+
+
+class DocumentError(StreamerError):
+    """A document that cannot be converted; ``document`` names it (id or file name)."""
+
+    def __init__(self, document: str, message: str) -> None:
+        super().__init__(message)
+        self.document = document
+
+
+class NotAPdf(DocumentError):
+    """The file is no PDF: its first kilobyte holds no ``%PDF-`` header."""
+
+    def __init__(self, document: str) -> None:
+        super().__init__(
+            document,
+            f"document {document} is not a PDF (no %PDF- header in its first"
+            " 1024 bytes)",
+        )
+
+
+class EncryptedPdf(DocumentError):
+    """The PDF needs a password to open, or a security handler PDFium lacks."""
+
+    def __init__(self, document: str) -> None:
+        super().__init__(
+            document,
+            f"document {document} is encrypted; streamer cannot open"
+            " password-protected PDFs",
+        )
+
+
+class DamagedPdf(DocumentError):
+    """The PDF is damaged beyond what PDFium repairs; ``detail`` says where."""
+
+    def __init__(self, document: str, detail: str) -> None:
+        super().__init__(document, f"document {document} is damaged: {detail}")
+        self.detail = detail
+
+
+class EmptyPdf(DocumentError):
+    """The PDF opens but has no pages, so there is nothing to convert."""
+
+    def __init__(self, document: str) -> None:
+        super().__init__(document, f"document {document} is a PDF with no pages")
+
+
+class DocumentUnreadable(DocumentError):
+    """The file could not be read at all: it is missing, or access is denied."""
+
+    def __init__(self, document: str, reason: str) -> None:
+        super().__init__(document, f"document {document} cannot be read: {reason}")
+        self.reason = reason
+
+
+class ConverterCrashed(StreamerError):
+    """The worker process converting a document died before it finished.
+
+    ``exitcode`` is as :mod:`multiprocessing` reports it: minus the signal's
+    number when a signal killed the worker, so ``-9`` is SIGKILL.
+    """
+
+    def __init__(self, document: str, how: str, *, exitcode: int | None) -> None:
+        super().__init__(f"the worker converting document {document} crashed: {how}")
+        self.document = document
+        self.how = how
+        self.exitcode = exitcode
+
+
+class MemoryBudgetExceeded(StreamerError):
+    """The worker converting a document outgrew its memory budget and was killed.
+
+    ``budget`` and ``used`` are bytes of resident memory; ``used`` is the
+    figure of the check that caught it, so it is a lower bound of the peak.
+    """
+
+    def __init__(self, document: str, budget: int, used: int) -> None:
+        super().__init__(
+            f"the worker converting document {document} was killed: it used"
+            f" {used / 2**20:.0f} MiB, past its memory budget of"
+            f" {budget / 2**20:.0f} MiB"
+        )
+        self.document = document
+        self.budget = budget
+        self.used = used
