@@ -25,7 +25,7 @@ class ServerCollector(Collector):
     """Turns one server's statistics into metric families at scrape time."""
 
     def __init__(self, server: object) -> None:
-        from .app import Server
+        from .server import Server
 
         assert isinstance(server, Server)
         self._server = server

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from . import __version__
+from .documents import DOCUMENT_ID, FILE_FIELD
 from .job import DocumentStatus, JobStatus
 from .sessions import SESSION_ID
 
@@ -26,6 +27,7 @@ Schema = dict[str, Any]
 
 _SESSION = "/api/sessions/{session_id}"
 _JOB = _SESSION + "/jobs/{job_id}"
+_RESULT = _JOB + "/documents/{document_id}/result"
 
 # -- schemas ------------------------------------------------------------------------
 
@@ -149,6 +151,31 @@ def _schemas() -> dict[str, Schema]:
                 "result": _nullable("object", "What the converter returned."),
             }
         ),
+        "Document": _object(
+            {
+                "document_id": {**_STRING, "pattern": f"^{DOCUMENT_ID.pattern}$"},
+                "filename": {
+                    **_STRING,
+                    "description": "The client's name for it, sanitized; metadata.",
+                },
+                "size_bytes": _COUNT,
+                "pages": {"type": "integer", "minimum": 1},
+            }
+        ),
+        "DocumentList": _object(
+            {"documents": {"type": "array", "items": _ref("Document")}}
+        ),
+        "Upload": {
+            "type": "object",
+            "properties": {
+                FILE_FIELD: {
+                    "type": "array",
+                    "items": {"type": "string", "contentMediaType": "application/pdf"},
+                    "description": "One or more PDF files, each its own field.",
+                }
+            },
+            "required": [FILE_FIELD],
+        },
         "Health": _object(
             {
                 "status": {"enum": ["ok", "closing"]},
@@ -178,6 +205,7 @@ _PATH_PARAMETERS = {
         "session_id", "path", "The session.", pattern=f"^{SESSION_ID.pattern}$"
     ),
     "job_id": _parameter("job_id", "path", "A job of the session."),
+    "document_id": _parameter("document_id", "path", "A document of the job."),
 }
 _STREAM = [
     _parameter("cursor", "query", "Resume after this cursor; any other resets."),
@@ -188,13 +216,16 @@ _STREAM = [
 _STATUS_OF = {
     code: status
     for status, codes in {
-        400: "bad_request invalid_json invalid_jobs",
+        400: "bad_request invalid_json invalid_jobs invalid_multipart",
         401: "token_missing token_invalid admin_key_required",
         403: "token_wrong_session origin_refused",
-        404: "session_not_found job_not_found",
-        409: "job_active job_finished",
-        413: "body_too_large",
-        422: "invalid_job too_many_documents invalid_document_id duplicate_document_id",
+        404: "session_not_found job_not_found document_not_found result_not_found",
+        409: "job_active job_finished document_not_converted",
+        413: "body_too_large file_too_large",
+        415: "unsupported_media_type",
+        422: "invalid_job too_many_documents invalid_document_id duplicate_document_id"
+        " unknown_document no_files too_many_files not_a_pdf encrypted_pdf"
+        " unreadable_pdf empty_pdf",
         429: "too_many_subscribers",
         503: "too_many_sessions shutting_down",
     }.items()
@@ -249,7 +280,25 @@ def _operation(
 # -- paths --------------------------------------------------------------------------
 
 _TEXT: Schema = {"type": "string"}
-_INVALID = "invalid_job too_many_documents invalid_document_id duplicate_document_id"
+_FORM = "multipart/form-data"
+_INVALID = (
+    "invalid_job too_many_documents invalid_document_id duplicate_document_id"
+    " unknown_document"
+)
+_UPLOAD = (
+    "bad_request body_too_large file_too_large unsupported_media_type"
+    " invalid_multipart no_files too_many_files not_a_pdf encrypted_pdf"
+    " unreadable_pdf empty_pdf"
+)
+_UPLOADS = (
+    "Streams every 'file' field to disk and checks that PDFium can open each;"
+    " if one file is refused, none is kept, and the error names the file."
+    " By default a file may have 512 MiB and an upload 100 files."
+)
+_RESULTS = (
+    "The text the converter wrote for the document, as an attachment named"
+    " after the uploaded file, with .txt for its extension."
+)
 _CANCEL = (
     "Answers once the job has ended, or once the manager's cancel grace (5 s by"
     " default) is over if the converter is still cleaning up."
@@ -266,6 +315,8 @@ def _paths() -> dict[str, Schema]:
     events = {"200": _ok("See docs/protocol.md.", _TEXT, "text/event-stream")}
     upgrade = {"101": {"description": "Switching Protocols; see docs/protocol.md."}}
     health = {"200": _ok("Serving.", "Health"), "503": _ok("Closing.", "Health")}
+    upload = {"required": True, "content": _content(_ref("Upload"), _FORM)}
+    text = {"200": _ok("The document's text.", _TEXT, "text/plain")}
     metrics = {"200": _ok("Prometheus text format 0.0.4.", _TEXT, "text/plain")}
     itself = {"200": _ok("OpenAPI 3.1.", {"type": "object"})}
     last_id = _parameter("Last-Event-ID", "header", "A cursor; wins over ?cursor.")
@@ -278,6 +329,22 @@ def _paths() -> dict[str, Schema]:
                 "admin_key_required too_many_sessions",
                 security=[{}, {"adminKey": []}],
             )
+        },
+        _SESSION + "/documents": {
+            "post": _operation(
+                "uploadDocuments",
+                "Upload PDF documents",
+                {"201": _ok("The documents stored, in upload order.", "DocumentList")},
+                f"{_AUTH} {_UPLOAD}",
+                requestBody=upload,
+                description=_UPLOADS,
+            ),
+            "get": _operation(
+                "listDocuments",
+                "The session's documents",
+                {"200": _ok("Every document of the session.", "DocumentList")},
+                _AUTH,
+            ),
         },
         _SESSION + "/jobs": {
             "post": _operation(
@@ -310,6 +377,16 @@ def _paths() -> dict[str, Schema]:
                 job,
                 f"{_AUTH} job_not_found job_finished",
                 description=_CANCEL,
+            )
+        },
+        _RESULT: {
+            "get": _operation(
+                "getResult",
+                "A converted document's text",
+                text,
+                f"{_AUTH} job_not_found document_not_found document_not_converted"
+                " result_not_found",
+                description=_RESULTS,
             )
         },
         _SESSION + "/events": {

@@ -18,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from .app import server_of
 from .errors import SubscriptionClosed
 from .hub import Subscription
+from .server import server_of
 from .ws import open_subscription
 
 __all__ = ["events_endpoint"]

@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from .app import ApiError, Server, ServerSettings, server_of
 from .errors import HubClosed, HubLimitExceeded, SubscriberEvicted, SubscriptionClosed
 from .hub import Subscription
+from .server import ApiError, Server, ServerSettings, server_of
 
 __all__ = ["job_filter", "open_subscription", "websocket_endpoint"]
 

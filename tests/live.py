@@ -12,8 +12,8 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 
-from streamer.app import Server
 from streamer.runner import StreamerServer, server_config
+from streamer.server import Server
 
 from .conftest import TIMEOUT
 

@@ -738,11 +738,25 @@ async def test_app_create_job_refuses_bad_content_length(
 # -- routes and health --------------------------------------------------------------
 
 
+async def test_app_serves_viewer_at_root(make_manager: Build) -> None:
+    """The viewer's page is at "/" and its module beside it, as plain files."""
+    async with client(create_app(make_manager())) as http:
+        page = await http.get("/")
+        module = await http.get("/streamer.js")
+        wrong = await http.post("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "<title>streamer</title>" in page.text
+    assert module.status_code == 200
+    assert module.headers["content-type"].startswith("text/javascript")
+    assert_error(wrong, 405, "method_not_allowed")
+
+
 async def test_app_unknown_route_is_not_found(make_manager: Build) -> None:
     """A path no route matches answers 404 in the API's error format."""
     async with client(create_app(make_manager())) as http:
         responses = [
-            await http.get("/"),
+            await http.get("/nope.html"),
             await http.get("/api"),
             await http.post("/api/sessions/ses-1/nope"),
             await http.get("/api/sessions/ses-1/jobs/job-1/cancel/more"),

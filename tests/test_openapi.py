@@ -35,9 +35,10 @@ from streamer import (
     StaticMemoryProbe,
     SystemClock,
 )
-from streamer.app import Server, create_app, job_detail
+from streamer.app import create_app
 from streamer.memory import GIB
 from streamer.openapi import OPENAPI
+from streamer.server import Server, job_detail
 from streamer.tokens import mint_token
 
 from .conftest import TIMEOUT, Recorder
@@ -82,7 +83,7 @@ def raised_codes() -> set[str]:
     """The codes of every ApiError raised in the HTTP layer."""
     return {
         code
-        for name in ("app.py", "ws.py", "sse.py")
+        for name in ("app.py", "api.py", "server.py", "ws.py", "sse.py")
         for code in _RAISED.findall((SOURCE / name).read_text())
     }
 
@@ -90,7 +91,7 @@ def raised_codes() -> set[str]:
 def error_codes_in_source() -> set[str]:
     """Every error code the server can send, over HTTP or a WebSocket."""
     found = raised_codes()
-    for name in ("app.py", "ws.py", "sse.py"):
+    for name in ("app.py", "api.py", "server.py", "ws.py", "sse.py"):
         text = (SOURCE / name).read_text()
         found.update(_SENT.findall(text))
         found.update(code for pair in _MAPPED.findall(text) for code in pair if code)
@@ -193,6 +194,9 @@ def codes_of(response: dict[str, Any]) -> list[str]:
 def routes_of(app: Starlette) -> set[tuple[str, str]]:
     pairs = set()
     for route in app.routes:
+        # The viewer's files are pages, not the API.
+        if isinstance(route, Route) and route.name.startswith("viewer:"):
+            continue
         if isinstance(route, WebSocketRoute):
             pairs.add((route.path, "get"))
         else:
