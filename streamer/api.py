@@ -58,6 +58,14 @@ __all__ = [
 logger = logging.getLogger("streamer.server")
 
 
+def authorized(request: Request) -> tuple[Server, str]:
+    """The server and the session of a request whose token opens that session."""
+    server = server_of(request)
+    session_id: str = request.path_params["session_id"]
+    server.authorize(request, session_id)
+    return server, session_id
+
+
 async def create_session(request: Request) -> Response:
     server = server_of(request)
     admin_key = server.settings.admin_key
@@ -84,9 +92,7 @@ async def create_session(request: Request) -> Response:
 
 
 async def create_job(request: Request) -> Response:
-    server = server_of(request)
-    session_id = request.path_params["session_id"]
-    server.authorize(request, session_id)
+    server, session_id = authorized(request)
     body = await read_json(request, server.settings.max_body_bytes)
     document_ids = _document_ids(body, server.settings)
     _check_documents(server, session_id, document_ids)
@@ -156,25 +162,19 @@ def _check_documents(server: Server, session_id: str, ids: list[str]) -> None:
 
 
 async def list_jobs(request: Request) -> Response:
-    server = server_of(request)
-    session_id = request.path_params["session_id"]
-    server.authorize(request, session_id)
+    server, session_id = authorized(request)
     jobs = server.manager.list_jobs(session_id)
     return JSONResponse({"jobs": [job.to_dict() for job in jobs]})
 
 
 async def get_job(request: Request) -> Response:
-    server = server_of(request)
-    session_id = request.path_params["session_id"]
-    server.authorize(request, session_id)
+    server, session_id = authorized(request)
     job = job_or_404(server, session_id, request.path_params["job_id"])
     return JSONResponse(job_detail(job))
 
 
 async def cancel_job(request: Request) -> Response:
-    server = server_of(request)
-    session_id = request.path_params["session_id"]
-    server.authorize(request, session_id)
+    server, session_id = authorized(request)
     job = job_or_404(server, session_id, request.path_params["job_id"])
     if job.status.is_final:
         raise ApiError(
@@ -190,9 +190,7 @@ async def cancel_job(request: Request) -> Response:
 
 
 async def delete_job(request: Request) -> Response:
-    server = server_of(request)
-    session_id = request.path_params["session_id"]
-    server.authorize(request, session_id)
+    server, session_id = authorized(request)
     job = job_or_404(server, session_id, request.path_params["job_id"])
     try:
         server.manager.remove_job(job.job_id)
@@ -206,9 +204,7 @@ async def delete_job(request: Request) -> Response:
 
 
 async def upload_documents(request: Request) -> Response:
-    server = server_of(request)
-    session_id = request.path_params["session_id"]
-    server.authorize(request, session_id)
+    server, session_id = authorized(request)
     settings = server.settings
     limits = UploadLimits(
         max_file_bytes=settings.max_file_bytes,
@@ -269,17 +265,13 @@ def _refusal(exc: UploadError) -> ApiError:
 
 
 async def list_documents(request: Request) -> Response:
-    server = server_of(request)
-    session_id = request.path_params["session_id"]
-    server.authorize(request, session_id)
+    server, session_id = authorized(request)
     documents = server.documents.list_for_session(session_id)
     return JSONResponse({"documents": [d.to_dict() for d in documents]})
 
 
 async def get_result(request: Request) -> Response:
-    server = server_of(request)
-    session_id = request.path_params["session_id"]
-    server.authorize(request, session_id)
+    server, session_id = authorized(request)
     job = job_or_404(server, session_id, request.path_params["job_id"])
     document_id = request.path_params["document_id"]
     outcome = next((o for o in job.documents if o.document_id == document_id), None)
