@@ -21,25 +21,25 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import multiprocessing
 import os
 import secrets
 import signal
-import sys
-import threading
 import time
-import types
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 import psutil
 
-from . import _pdfworker
+from ._launcher import (
+    LAUNCHER,
+    Started,
+    context_for,
+    discard,
+    has_exited,
+)
 from ._pdfworker import PAGE_SEPARATOR, Task
 from .errors import (
     ConverterCrashed,
@@ -97,19 +97,6 @@ _MEMORY_BASE = 128 * 2**20
 _MEMORY_PER_FILE_BYTE = 2
 _MEMORY_PER_PAGE = 16 * 2**10
 
-_START_METHODS = ("forkserver", "spawn")
-# What a worker needs, imported once in the fork server rather than in each
-# worker: PDFium (100 ms), and the modules a worker would otherwise import on
-# its way in and on its first page, found by comparing sys.modules. The main
-# module's imports are added to these (see _main_imports).
-_PRELOAD = [
-    "streamer._pdfworker",
-    "pypdfium2",
-    "multiprocessing.popen_forkserver",
-    "pkgutil",
-    "encodings.utf_16_le",
-]
-
 
 @dataclass(frozen=True, slots=True)
 class PdfInfo:
@@ -157,7 +144,7 @@ class PdfTextConverter:
     ) -> None:
         if isinstance(memory_budget, int) and memory_budget <= 0:
             raise ValueError(f"memory_budget must be > 0, not {memory_budget}")
-        _context(start_method)
+        context_for(start_method)
         self._resolve = resolve
         self.results_dir = Path(results_dir)
         self.memory_budget = memory_budget
@@ -361,28 +348,28 @@ class _Worker:
         finally:
             started.tasks.close()
 
-    async def _take_worker(self) -> _Started:
+    async def _take_worker(self) -> Started:
         # A worker started ahead may have failed to start, or died while it
         # waited (killed from outside); then another is taken, once.
         for retry in (False, True):
-            launch = asyncio.wrap_future(_LAUNCHER.take(self._method))
+            launch = asyncio.wrap_future(LAUNCHER.take(self._method))
             try:
                 started = await asyncio.shield(launch)
             except asyncio.CancelledError:
-                launch.add_done_callback(_discard)
+                launch.add_done_callback(discard)
                 raise
             except Exception:
                 if retry:
                     raise
                 logger.warning("a worker failed to start; taking another")
                 continue
-            if retry or not _has_exited(started.process):
+            if retry or not has_exited(started.process):
                 return started
             logger.warning("worker %d died before it got a task", started.process.pid)
             started.discard()
         raise AssertionError("unreachable")
 
-    def _attach(self, started: _Started) -> None:
+    def _attach(self, started: Started) -> None:
         process = started.process
         assert process.pid is not None
         self._process = process
@@ -471,7 +458,7 @@ class _Worker:
         if self._rearm is not None:
             self._rearm.cancel()
             self._arm()
-        reaping = asyncio.wrap_future(_LAUNCHER.reap(self._process))
+        reaping = asyncio.wrap_future(LAUNCHER.reap(self._process))
         reaping.add_done_callback(self._on_reaped)
 
     def _on_reaped(self, reaping: asyncio.Future[int]) -> None:
@@ -591,164 +578,6 @@ class _Worker:
             self._loop.remove_reader(self._fd)
             os.close(self._fd)
             self._fd = None
-
-
-@dataclass(slots=True)
-class _Started:
-    """A worker process that runs, waiting for the task it is to do."""
-
-    process: BaseProcess
-    # Sends the worker its task, then is closed.
-    tasks: Connection
-    # The read end of the pipe the worker reports on.
-    read_fd: int
-
-    def discard(self) -> None:
-        """Let go of a worker before it has a task: it exits, if it has not."""
-        self.tasks.close()
-        os.close(self.read_fd)
-        _LAUNCHER.reap(self.process)
-
-
-class _Launcher:
-    """Starts workers on a thread of its own, each one ahead of its document.
-
-    Booting a worker takes it some 10 ms of CPU and 20 ms in all, mostly
-    because multiprocessing runs the main module again in each child before
-    Python 3.13 (see _main_imports). So one worker per start method is kept
-    started and waiting for its task: a document takes it, and the next is
-    started while the document converts. Each still converts one document
-    and exits, so a crash or a leak never reaches another document.
-
-    Every call that reads a worker's exit status runs on the one thread too.
-    Process.start() polls every child's status first (multiprocessing.process.
-    _cleanup), and two polls of one status at once can both take it, the loser
-    finding nothing and taking 255 for the status. start() itself waits for
-    the fork server to fork (about 2 ms; the first time, until the fork server
-    is up and has preloaded PDFium, a few hundred), so it runs off the loop.
-    """
-
-    def __init__(self) -> None:
-        self._thread = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="streamer-pdf"
-        )
-        self._ahead: dict[str, Future[_Started]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, method: str) -> Future[_Started]:
-        """A worker for a document now, started or starting; starts the next."""
-        with self._lock:
-            launch = self._ahead.pop(method, None)
-            if launch is None:
-                launch = self._thread.submit(_launch, method)
-            ahead = self._thread.submit(_launch, method)
-            ahead.add_done_callback(_log_failure)
-            self._ahead[method] = ahead
-        return launch
-
-    def reap(self, process: BaseProcess) -> Future[int]:
-        """The exit code of a worker that is gone, once its resources are let go."""
-        return self._thread.submit(_reap, process)
-
-
-def _launch(method: str) -> _Started:
-    """Start a worker, which then waits for its task; on the launcher's thread."""
-    context = _context(method)
-    read_fd, write_fd = os.pipe()
-
-    # The Connection only carries the write end into the child, which writes
-    # to the bare descriptor; this side reads through the loop.
-    reports = Connection(write_fd, readable=False)
-    tasks_in, tasks = context.Pipe(duplex=False)
-    process = context.Process(
-        target=_pdfworker.run,
-        args=(reports, tasks_in),
-        name="streamer-pdf",
-        daemon=True,
-    )
-    try:
-        process.start()
-    except BaseException:
-        os.close(read_fd)
-        tasks.close()
-        raise
-    finally:
-        # The child has its own copies by now; these would keep the pipes
-        # open after the child is gone.
-        reports.close()
-        tasks_in.close()
-    return _Started(process, tasks, read_fd)
-
-
-def _discard(launch: asyncio.Future[_Started]) -> None:
-    """Let go of a worker taken for a document that was cancelled meanwhile."""
-    if not launch.cancelled() and launch.exception() is None:
-        launch.result().discard()
-
-
-def _log_failure(launch: Future[_Started]) -> None:
-    if not launch.cancelled() and (error := launch.exception()) is not None:
-        logger.error("starting a worker failed", exc_info=error)
-
-
-def _has_exited(process: BaseProcess) -> bool:
-    # The sentinel is readable once the process is gone; reading it that way
-    # leaves the exit status to the launcher's thread.
-    return bool(wait([process.sentinel], timeout=0))
-
-
-def _context(method: str) -> _Context:
-    if method == "spawn":
-        return multiprocessing.get_context("spawn")
-    if method != "forkserver":
-        raise ValueError(
-            f"start_method must be one of {', '.join(_START_METHODS)}, not {method!r}"
-        )
-    context = multiprocessing.get_context("forkserver")
-
-    # The list is the process's, for its one fork server, and counts only
-    # until that server starts.
-    context.set_forkserver_preload([*_PRELOAD, *_main_imports()])
-    return context
-
-
-def _main_imports() -> list[str]:
-    """The modules that the main module imported, for the fork server to preload.
-
-    Before Python 3.13 every worker runs the main module again (CPython
-    gh-126631), so each one imports what the main module imports: under the
-    ``streamer`` command, the whole command line's dependencies, 230 ms of
-    CPU per document where there is no bytecode cache. Imported once in the
-    fork server instead, they cost a worker nothing. These are modules the
-    server has imported already; the fork server skips one it cannot import.
-    """
-    main = sys.modules.get("__main__")
-    names: set[str] = set()
-    for value in vars(main).values() if main is not None else ():
-        if isinstance(value, types.ModuleType):
-            names.add(value.__name__)
-            continue
-        try:
-            module = getattr(value, "__module__", None)
-        except Exception:
-            continue
-        if isinstance(module, str):
-            names.add(module)
-    return sorted(
-        name for name in names - {"__main__", "__mp_main__"} if name in sys.modules
-    )
-
-
-def _reap(process: BaseProcess) -> int:
-    """The exit code of a worker whose sentinel fired, its resources let go."""
-    process.join()
-    code = process.exitcode
-    assert code is not None
-    process.close()
-    return code
-
-
-_LAUNCHER = _Launcher()
 
 
 async def _outlast(future: asyncio.Future[T]) -> T:

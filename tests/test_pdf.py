@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from streamer import DocumentStatus, JobManager, JobStatus, ManualClock, pdf
+from streamer import DocumentStatus, JobManager, JobStatus, ManualClock, _launcher
 from streamer.errors import (
     ConverterCrashed,
     DamagedPdf,
@@ -201,7 +201,7 @@ async def test_pdf_converter_replaces_worker_that_died_waiting(
     """A worker killed while it waits for a document is replaced, unseen."""
     converter = make_converter()
     await converter("text", Progress())
-    ahead = await asyncio.wrap_future(pdf._LAUNCHER._ahead["forkserver"])
+    ahead = await asyncio.wrap_future(_launcher.LAUNCHER._ahead["forkserver"])
     pid = ahead.process.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
