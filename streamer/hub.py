@@ -493,9 +493,9 @@ class Hub:
         # encoded leaves no gap in the session's sequence.
         seq = session.seq + 1
         cursor = f"{session.epoch}-{seq}"
+        # "type" and "cursor" lead, so coalescing can splice the cursor; the
+        # event's own "type" takes the first slot's place, not a new one.
         message = {"type": event.type, "cursor": cursor, **event.to_dict()}
-        message["type"] = event.type
-        message["cursor"] = cursor
         frame = _Frame(
             _encode(message).encode(),
             seq,
