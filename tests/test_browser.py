@@ -300,6 +300,23 @@ async def test_browser_cancel_from_the_keyboard_cancels(
         await shot(page, output, "cancelled")
 
 
+async def test_browser_cancel_click_cancels(
+    page: Any, output: Path, manager: JobManager, converter: Controlled
+) -> None:
+    """A mouse click on a running job's cancel button cancels it on the server."""
+    async with serve(viewer_app(manager, converter)) as live:
+        session = await open_session(page, live)
+        job_id = await create_job(live, session, ["a.pdf"])
+        await converter.wait_started("a.pdf", TIMEOUT)
+        job = card(page, job_id)
+        await job.get_by_role("button", name="Cancel").click()
+        await expect(job.locator(".badge")).to_have_text("Cancelled")
+        job_state = manager.get_job(job_id)
+        assert job_state is not None and job_state.status.value == "cancelled"
+        assert converter.cleaned == ["a.pdf"]
+        await shot(page, output, "cancelled")
+
+
 async def test_browser_server_restart_ends_in_the_new_servers_state(
     page: Any,
     output: Path,
