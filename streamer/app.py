@@ -10,6 +10,7 @@ FastAPI app, whose lifespan does not reach it; a host that mounts it calls
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -128,14 +129,7 @@ def create_app(
     from .sse import events_endpoint
     from .ws import websocket_endpoint
 
-    settings = settings or ServerSettings()
-    if overrides:
-        settings = ServerSettings(
-            **{
-                **{f: getattr(settings, f) for f in settings.__dataclass_fields__},
-                **overrides,
-            }
-        )
+    settings = dataclasses.replace(settings or ServerSettings(), **overrides)
     if manager is not None and (memory_required, max_concurrent) != (None, None):
         raise TypeError(
             "memory_required and max_concurrent configure the manager that"

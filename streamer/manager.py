@@ -424,13 +424,10 @@ class JobManager:
             logger.error("job %s failed", job.job_id, exc_info=True)
             return
 
-        if job.files_converted == 0:
-            failed = [o for o in job.documents if o.status is DocumentStatus.FAILED]
-            self._finish(job, JobStatus.FAILED, _summary(failed, job.files_total))
-        else:
-            failed = [o for o in job.documents if o.status is DocumentStatus.FAILED]
-            error = _summary(failed, job.files_total) if failed else None
-            self._finish(job, JobStatus.COMPLETED, error)
+        failed = [o for o in job.documents if o.status is DocumentStatus.FAILED]
+        error = _summary(failed, job.files_total) if failed else None
+        status = JobStatus.FAILED if job.files_converted == 0 else JobStatus.COMPLETED
+        self._finish(job, status, error)
         logger.info(
             "job %s %s: %d/%d documents converted",
             job.job_id,
@@ -752,8 +749,8 @@ def _as_result(value: Any) -> dict[str, Any] | None:
     return {"value": value}
 
 
-def _name_of(converter: Callable[..., Any]) -> str:
-    return converter_name(converter)
+# start_job's argument of the same name hides the function there.
+_name_of = converter_name
 
 
 def _describe(exc: BaseException) -> str:

@@ -76,17 +76,16 @@ class ProgressReporter:
 
     def _fire(self) -> None:
         self._timer = None
-        if self.pending:
-            self._sync()
-            self.pending = False
-            self._next_allowed = self._monotonic() + self._interval
-            self._emit()
+        self._send_pending()
 
     def flush(self) -> None:
         """Emit the pending progress now, ahead of another event of the job."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._send_pending()
+
+    def _send_pending(self) -> None:
         if self.pending:
             self._sync()
             self.pending = False
