@@ -129,6 +129,19 @@ export type JobCompletedEvent = EventBase<"job.completed">;
 export type JobFailedEvent = EventBase<"job.failed">;
 export type JobCancelledEvent = EventBase<"job.cancelled">;
 export type JobRemovedEvent = EventBase<"job.removed">;
+/** A shutdown stopped the job, to be resumed at the next start. */
+export interface JobSuspendedEvent extends EventBase<"job.suspended"> {
+  reason: string;
+}
+/** A job taken up again after a restart; its ended documents are kept. */
+export interface JobResumedEvent extends EventBase<"job.resumed"> {
+  reason: string;
+  documents_done: number;
+}
+/** The job's latest change could not be saved; the write is retried. */
+export interface JobSaveFailedEvent extends EventBase<"job.save_failed"> {
+  error: string;
+}
 
 export type JobEvent =
   | JobCreatedEvent
@@ -141,7 +154,10 @@ export type JobEvent =
   | JobCompletedEvent
   | JobFailedEvent
   | JobCancelledEvent
-  | JobRemovedEvent;
+  | JobRemovedEvent
+  | JobSuspendedEvent
+  | JobResumedEvent
+  | JobSaveFailedEvent;
 
 /** The answer to a `{"type": "ping"}` sent on the WebSocket. */
 export interface PongMessage {

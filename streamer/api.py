@@ -27,7 +27,7 @@ from .documents import (
     UploadTooLarge,
     receive_upload,
 )
-from .errors import InvalidTransition
+from .errors import InvalidTransition, ShuttingDown
 from .job import DocumentStatus
 from .server import (
     ApiError,
@@ -79,6 +79,12 @@ async def create_session(request: Request) -> Response:
         session = server.sessions.create()
     except SessionLimitReached as exc:
         raise ApiError(503, "too_many_sessions", str(exc)) from None
+    server.journal.session_changed(session)
+    try:
+        await server.save()
+    except ApiError:
+        server.sessions.remove(session.session_id)
+        raise
     token = server.signer.mint(session.session_id, ttl=server.settings.token_ttl)
     logger.info("created session %s", session.session_id)
     return JSONResponse(
@@ -96,11 +102,31 @@ async def create_job(request: Request) -> Response:
     body = await read_json(request, server.settings.max_body_bytes)
     document_ids = _document_ids(body, server.settings)
     _check_documents(server, session_id, document_ids)
+    if server.closing:
+        raise _shutting_down()
     job_id = server.manager.create_job(session_id, document_ids)
-    await server.manager.start_job(job_id, server.converter)
+
+    # Kept before it starts, so a job that runs is a job a restart resumes.
+    try:
+        await server.save()
+    except ApiError:
+        await server.manager.cancel_job(job_id)
+        server.manager.remove_job(job_id)
+        raise
+    try:
+        await server.manager.start_job(job_id, server.converter)
+    except ShuttingDown:
+        # Stored and pending: the next start runs it.
+        raise _shutting_down() from None
     job = server.manager.get_job(job_id)
     assert job is not None
     return JSONResponse(job_detail(job), status_code=201)
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(
+        503, "shutting_down", "the server is shutting down; try again once it is back"
+    )
 
 
 def _document_ids(body: Any, settings: ServerSettings) -> list[str]:
@@ -200,6 +226,7 @@ async def delete_job(request: Request) -> Response:
             "job_active",
             f"job {job.job_id} is {job.status.value}; cancel it before removing it",
         ) from None
+    await server.remove_results(job)
     return Response(status_code=204)
 
 
@@ -232,6 +259,7 @@ async def upload_documents(request: Request) -> Response:
         raise ApiError(
             400, "invalid_multipart", "the client left before the upload ended"
         ) from None
+    await server.save_documents(documents)
     return JSONResponse(
         {"documents": [document.to_dict() for document in documents]},
         status_code=201,
@@ -331,12 +359,21 @@ def attachment(filename: str) -> str:
 async def healthz(request: Request) -> Response:
     server = server_of(request)
     stats = server.hub.statistics()
+    saving = server.journal.statistics()
+    if server.closed or server.closing:
+        status = "closing"
+    elif saving.error is not None:
+        status = "degraded"
+    else:
+        status = "ok"
     return JSONResponse(
         {
-            "status": "closing" if server.closed else "ok",
+            "status": status,
             "jobs": len(server.manager.list_jobs()),
             "sessions": len(server.sessions),
             "connections": stats.connections,
+            # The error itself names a path, which is not for anonymous eyes.
+            "store": {"ok": saving.error is None, "pending": saving.pending},
         },
-        status_code=503 if server.closed else 200,
+        status_code=200 if status == "ok" else 503,
     )

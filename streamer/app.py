@@ -2,9 +2,11 @@
 
 ``create_app()`` wires a :class:`~streamer.manager.JobManager`, a
 :class:`~streamer.documents.DocumentStore` and a :class:`~streamer.hub.Hub`
-and returns a Starlette app. Everything is wired when the app is built, not
-in its lifespan, so the app also works mounted in another Starlette or
-FastAPI app, whose lifespan does not reach it; a host that mounts it calls
+and returns a Starlette app. Everything is wired when the app is built, and
+nothing touches the disk until it starts: at its lifespan's startup, or at
+its first request when it is mounted in another Starlette or FastAPI app,
+whose lifespan does not reach it. Starting reads the store back and resumes
+the jobs a restart cut short. A host that mounts it calls
 ``await app.state.streamer.aclose()`` on shutdown.
 """
 
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
@@ -44,13 +46,17 @@ from .converters import (
     parse_size,
 )
 from .documents import DocumentStore
+from .errors import StoreError
 from .hub import Hub
+from .journal import Journal
 from .manager import DEFAULT_MAX_CONCURRENT, Converter, JobManager
 from .memory import GIB
 from .pdf import PdfTextConverter
 from .redaction import install_redaction
 from .server import ApiError, Server, ServerSettings, error_response, server_of
 from .sessions import SessionRegistry
+from .sqlite import SqliteStore
+from .store import Store
 from .tokens import TokenSigner
 from .viewer import static_dir, viewer_routes
 
@@ -102,6 +108,30 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+class _StartFirst:
+    """Starts the server before the first request, where no lifespan did."""
+
+    def __init__(self, app: Any, server: Server) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if not self.server.started and scope["type"] in ("http", "websocket"):
+            try:
+                await self.server.start()
+            except StoreError as exc:
+                logger.error("cannot start: %s", exc)
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1011})
+                    return
+                answer = error_response(
+                    503, "storage_failed", f"the server cannot start: {exc}"
+                )
+                await answer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(
     manager: JobManager | None = None,
     *,
@@ -110,6 +140,7 @@ def create_app(
     memory_required: int | str | None = None,
     max_concurrent: int | None = None,
     settings: ServerSettings | None = None,
+    store: Store | None = None,
     **overrides: Any,
 ) -> Starlette:
     """A Starlette app that runs jobs on ``manager`` and streams their events.
@@ -122,7 +153,9 @@ def create_app(
     (bytes or a size such as ``"10GB"``; 10 GiB by default), with at most
     ``max_concurrent`` converting at once (4 by default); a manager passed in
     is used as it is. Settings are a :class:`ServerSettings`, or its fields as
-    keyword arguments.
+    keyword arguments. Sessions, documents and jobs are kept in ``store``, by
+    default a :class:`~streamer.sqlite.SqliteStore` in ``data_dir``, which
+    also keeps the token secret when the settings give none.
     """
     from .metrics import metrics_endpoint
     from .openapi import openapi_endpoint
@@ -162,7 +195,8 @@ def create_app(
             ),
             document_memory=document_memory_for(converter, documents, default),
         )
-    secret = settings.secret if settings.secret is not None else secrets.token_bytes(32)
+    if store is None:
+        store = SqliteStore(documents.data_dir / "streamer.db")
     hub = Hub(
         replay_size=settings.replay_size,
         queue_size=settings.queue_size,
@@ -177,17 +211,19 @@ def create_app(
         sessions=SessionRegistry(
             manager.clock, ttl=settings.token_ttl, max_sessions=settings.max_sessions
         ),
-        signer=TokenSigner(secret),
         settings=settings,
         converter=converter,
         documents=documents,
         owns_manager=owns,
+        journal=Journal(store, manager),
+        _signer=None if settings.secret is None else TokenSigner(settings.secret),
     )
     manager.subscribe(hub.publish)
     install_redaction()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await server.start()
         yield
         await server.aclose()
 
@@ -221,6 +257,7 @@ def create_app(
             *viewer_routes(),
         ],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+        middleware=[Middleware(_StartFirst, server=server)],
         lifespan=lifespan,
     )
     app.state.streamer = server

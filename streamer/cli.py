@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -93,6 +94,29 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``15m``, ``24h`` or ``7d``."""
+    value = text.strip().lower()
+    scale = _UNITS.get(value[-1:])
+    number = value[:-1] if scale is not None else value
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration such as 30s, 15m, 24h or 7d"
+        ) from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration of 0 or more")
+    return seconds
+
+
+def _duration_or_off(text: str) -> float | None:
+    return None if text.strip().lower() in {"off", "never", "none"} else _duration(text)
+
+
 def _engine_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--converter",
@@ -134,7 +158,22 @@ def _serve_arguments(commands: Any) -> None:
     serve.add_argument(
         "--secret",
         default=os.environ.get("STREAMER_SECRET"),
-        help="token signing secret (default: $STREAMER_SECRET, else random)",
+        help="token signing secret (default: $STREAMER_SECRET, else one kept"
+        " in the data directory)",
+    )
+    serve.add_argument(
+        "--shutdown-grace",
+        type=_duration,
+        metavar="DURATION",
+        help="how long converting documents may finish on shutdown (default 10s)",
+    )
+    serve.add_argument(
+        "--retention",
+        type=_duration_or_off,
+        default=24 * 3600.0,
+        metavar="DURATION",
+        help="remove finished jobs, results and unused uploads this long after"
+        " (default 24h; 'off' keeps everything)",
     )
     serve.add_argument(
         "--ws-max-size",
@@ -248,18 +287,20 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def _app(args: argparse.Namespace, **settings: Any) -> Starlette:
-    """The app for ``args``, passing on only the options that were given."""
+    """The app for ``args``: the engine options that were given, and ``settings``.
+
+    A setting of None is passed on, since for some (``retention``) None has a
+    meaning of its own.
+    """
     from .app import create_app
 
-    given = {
+    engine = {
         "converter": args.converter,
         "memory_required": args.memory_required,
         "max_concurrent": args.max_concurrent,
-        **settings,
     }
-    return create_app(
-        **{name: value for name, value in given.items() if value is not None}
-    )
+    given = {name: value for name, value in engine.items() if value is not None}
+    return create_app(**given, **settings)
 
 
 def viewer_url(host: str, port: int, session_id: str, token: str) -> str:
@@ -272,9 +313,10 @@ def viewer_url(host: str, port: int, session_id: str, token: str) -> str:
 
 
 def new_session(app: Starlette) -> tuple[str, str]:
-    """A session of ``app`` and its token, made in-process: no request needed."""
+    """A session of a started ``app`` and its token, made in-process."""
     server = app.state.streamer
     session = server.sessions.create()
+    server.journal.session_changed(session)
     token: str = server.signer.mint(session.session_id, ttl=server.settings.token_ttl)
     return session.session_id, token
 
@@ -308,16 +350,23 @@ class _Server(StreamerServer):
 
 def _serve(args: argparse.Namespace) -> int:
     _configure_logging(logging.INFO)
-    settings: dict[str, Any] = {"data_dir": args.data_dir, "secret": args.secret}
+    settings: dict[str, Any] = {
+        "data_dir": args.data_dir,
+        "secret": args.secret,
+        "shutdown_grace": args.shutdown_grace,
+        "retention": args.retention,
+    }
     if args.origins:
         settings["origins"] = tuple(args.origins)
     try:
         app = _app(args, **settings)
     except (ValueError, TypeError) as exc:
         return _fail(str(exc))
-    session_id, token = new_session(app)
 
     def announce(port: int) -> None:
+        # After startup, when the store has given the signing secret.
+        session_id, token = new_session(app)
+
         # stdout, never a logger: the token must not reach a log file.
         url = viewer_url(args.host, port, session_id, token)
         print(f"streamer: open the viewer at\n\n    {url}\n", flush=True)
@@ -349,7 +398,6 @@ async def _local_server(args: argparse.Namespace) -> AsyncIterator[StreamerClien
     """A server in this process, on a free port, and a client of a new session."""
     with tempfile.TemporaryDirectory(prefix="streamer-") as data_dir:
         app = _app(args, data_dir=data_dir)
-        session_id, token = new_session(app)
         config = server_config(
             app, host="127.0.0.1", port=0, log_config=None, log_level="warning"
         )
@@ -362,6 +410,7 @@ async def _local_server(args: argparse.Namespace) -> AsyncIterator[StreamerClien
             if not listening.done():
                 task.result()
                 raise ClientError(None, "server_failed", "the server did not start")
+            session_id, token = new_session(app)
             async with StreamerClient(
                 f"http://127.0.0.1:{listening.result()}",
                 session_id=session_id,

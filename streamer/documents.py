@@ -2,9 +2,8 @@
 
 Everything is kept under one data directory: the uploads as
 ``documents/<document_id>.pdf`` and the converters' output under ``results/``.
-The :class:`DocumentStore` only indexes and places files; its index is in
-memory, and its few methods (``add``, ``get``, ``list_for_session``,
-``remove``, ``result_path``) are what a persistent store has to provide.
+The :class:`DocumentStore` only indexes and places files; the server keeps
+its index in the store (:mod:`streamer.store`) and loads it back at start.
 
 :func:`receive_upload` streams a ``multipart/form-data`` body to temporary
 files beside the documents, never holding a file in memory, checks each file
@@ -32,7 +31,7 @@ import os
 import re
 import secrets
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -56,6 +55,7 @@ from .errors import (
     StreamerError,
 )
 from .pdf import inspect_pdf
+from .store import DocumentRecord
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -115,6 +115,29 @@ class Document:
             "pages": self.pages,
         }
 
+    def record(self) -> DocumentRecord:
+        """The document as the store keeps it; its path follows from its id."""
+        return DocumentRecord(
+            document_id=self.document_id,
+            session_id=self.session_id,
+            filename=self.filename,
+            size_bytes=self.size_bytes,
+            pages=self.pages,
+            created_at=self.created_at,
+        )
+
+    @classmethod
+    def from_record(cls, record: DocumentRecord, path: Path) -> Document:
+        return cls(
+            document_id=record.document_id,
+            session_id=record.session_id,
+            filename=record.filename,
+            size_bytes=record.size_bytes,
+            pages=record.pages,
+            created_at=record.created_at,
+            path=path,
+        )
+
 
 class DocumentNotFound(StreamerError, LookupError):
     """No document has this id (it was never uploaded, or was removed)."""
@@ -153,6 +176,20 @@ class DocumentStore:
 
     def add(self, document: Document) -> None:
         self._documents[document.document_id] = document
+
+    def load(self, documents: Iterable[Document]) -> None:
+        """Index documents read back from the store; a missing file is logged."""
+        for document in documents:
+            if not document.path.is_file():
+                logger.warning(
+                    "document %s has lost its file %s",
+                    document.document_id,
+                    document.path.name,
+                )
+            self._documents[document.document_id] = document
+
+    def all(self) -> list[Document]:
+        return list(self._documents.values())
 
     def get(self, document_id: str) -> Document | None:
         return self._documents.get(document_id)

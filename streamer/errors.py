@@ -23,7 +23,9 @@ Every error the package raises on purpose derives from :class:`StreamerError`::
     │   ├── EmptyPdf
     │   └── DocumentUnreadable
     ├── ConverterCrashed
-    └── MemoryBudgetExceeded
+    ├── MemoryBudgetExceeded
+    ├── ShuttingDown
+    └── StoreError
 
 ``JobNotFound`` and ``InvalidTransition`` are also ``ValueError`` because the
 original module raised ``ValueError`` for both, and callers catch it.
@@ -56,6 +58,8 @@ __all__ = [
     "MemoryRequestTooLarge",
     "MemoryWaitTimeout",
     "NotAPdf",
+    "ShuttingDown",
+    "StoreError",
     "StreamerError",
     "SubscriberEvicted",
     "SubscriptionClosed",
@@ -255,3 +259,19 @@ class MemoryBudgetExceeded(StreamerError):
         self.document = document
         self.budget = budget
         self.used = used
+
+
+class ShuttingDown(StreamerError):
+    """The manager is shutting down and starts no more work."""
+
+
+class StoreError(StreamerError):
+    """A write or read of the store failed; nothing of that write was kept.
+
+    ``reason`` is one of ``"full"`` (no space left), ``"read_only"`` and
+    ``"failed"`` (anything else: a damaged file, a lost connection).
+    """
+
+    def __init__(self, message: str, reason: str = "failed") -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -74,6 +74,9 @@ class EtaEstimator:
     ``monotonic`` is the clock; ``prior`` the converter's historical seconds per
     document, or None. The caller reports when each document starts and ends;
     progress inside the current document is passed to :meth:`estimate`.
+    ``already_done`` counts documents a resumed job finished before this
+    estimator existed: they count towards the total, but their time is not
+    known, so they tell nothing of the rate.
     """
 
     def __init__(
@@ -83,8 +86,10 @@ class EtaEstimator:
         prior: float | None,
         *,
         smoothing: float = 5.0,
+        already_done: int = 0,
     ) -> None:
         self._monotonic = monotonic
+        self._already_done = already_done
         self._total = total
         self._prior = prior
         self._tau = smoothing
@@ -119,17 +124,19 @@ class EtaEstimator:
         if remaining <= 0:
             return 0.0
         active = self._active()
-        if self._finished == 0:
+        fresh = done - self._already_done
+        # A document stopped short counts as finished without adding to done.
+        if self._finished == 0 or fresh <= 0:
             if self._prior is None:
                 return None
 
             # Lean from the history towards what this job shows, as the first
             # document advances, instead of switching at once.
-            weight = min(done, 1.0)
-            observed = active / done if done > 0 else self._prior
+            weight = min(max(fresh, 0.0), 1.0)
+            observed = active / fresh if fresh > 0 else self._prior
             per_document = (1.0 - weight) * self._prior + weight * observed
         else:
-            per_document = active / done
+            per_document = active / fresh
         raw = remaining * per_document
         return self._smooth(raw, active)
 

@@ -26,7 +26,10 @@ __all__ = [
     "JobMemoryWait",
     "JobProgress",
     "JobRemoved",
+    "JobResumed",
+    "JobSaveFailed",
     "JobStarted",
+    "JobSuspended",
 ]
 
 
@@ -44,6 +47,9 @@ class EventType(str, Enum):
     FAILED = "job.failed"
     CANCELLED = "job.cancelled"
     REMOVED = "job.removed"
+    RESUMED = "job.resumed"
+    SUSPENDED = "job.suspended"
+    SAVE_FAILED = "job.save_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,3 +156,45 @@ class JobCancelled(JobEvent):
 @dataclass(frozen=True, slots=True)
 class JobRemoved(JobEvent):
     event_type = EventType.REMOVED
+
+
+@dataclass(frozen=True, slots=True)
+class JobResumed(JobEvent):
+    """A job taken up again after a restart; ``reason`` says why it had stopped.
+
+    ``documents_done`` of its documents had ended before and are not
+    converted again; the one that was converting starts over.
+    """
+
+    event_type = EventType.RESUMED
+    reason: str
+    documents_done: int
+
+    def _fields(self) -> dict[str, Any]:
+        return {"reason": self.reason, "documents_done": self.documents_done}
+
+
+@dataclass(frozen=True, slots=True)
+class JobSuspended(JobEvent):
+    """The server is shutting down: the job stops here, to be resumed at start."""
+
+    event_type = EventType.SUSPENDED
+    reason: str
+
+    def _fields(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class JobSaveFailed(JobEvent):
+    """The job's latest state could not be saved; it is tried again.
+
+    The job goes on meanwhile, but what it did since its last save would be
+    lost if the server stopped now.
+    """
+
+    event_type = EventType.SAVE_FAILED
+    error: str
+
+    def _fields(self) -> dict[str, Any]:
+        return {"error": self.error}

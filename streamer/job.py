@@ -110,6 +110,22 @@ class DocumentOutcome:
             "result": self.result,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DocumentOutcome:
+        """An outcome as :meth:`to_dict` wrote it; one cut short starts over."""
+        status = DocumentStatus(data["status"])
+        if status is DocumentStatus.CONVERTING:
+            status = DocumentStatus.PENDING
+        converted = status is DocumentStatus.CONVERTED
+        return cls(
+            document_id=data["document_id"],
+            status=status,
+            error=data.get("error"),
+            duration_seconds=data.get("duration_seconds"),
+            result=data.get("result"),
+            progress=1.0 if converted else 0.0,
+        )
+
 
 @dataclass(slots=True)
 class MemoryStatus:
@@ -154,6 +170,10 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
+def _parse(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
 @dataclass
 class ConversionJob:
     """Tracks a PDF conversion job with progress and memory status."""
@@ -180,6 +200,8 @@ class ConversionJob:
     files_failed: int = 0
     documents: list[DocumentOutcome] = field(default_factory=list)
     memory: MemoryStatus | None = None
+    #: Why the job last stopped before its end, when a shutdown stopped it.
+    interrupted: str | None = None
     _eta: EtaEstimator | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -240,6 +262,65 @@ class ConversionJob:
                 f"{self.memory_required_gb}GB required"
             ),
         }
+
+    def to_record(self) -> dict[str, Any]:
+        """The job as a store keeps it: everything needed to take it up again."""
+        return {
+            "job_id": self.job_id,
+            "session_id": self.session_id,
+            "document_ids": list(self.document_ids),
+            "status": self.status.value,
+            "files_completed": self.files_completed,
+            "files_total": self.files_total,
+            "files_converted": self.files_converted,
+            "files_failed": self.files_failed,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "completed_at": _iso(self.completed_at),
+            "error": self.error,
+            "memory_required_gb": self.memory_required_gb,
+            "interrupted": self.interrupted,
+            "documents": [outcome.to_dict() for outcome in self.documents],
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ConversionJob:
+        """A job as :meth:`to_record` kept it.
+
+        A job that had not finished comes back pending, its documents that
+        were converting pending again, ready to be resumed; the status it had
+        stays readable in the record.
+        """
+        status = JobStatus(record["status"])
+        outcomes = [DocumentOutcome.from_dict(d) for d in record["documents"]]
+        job = cls(
+            job_id=record["job_id"],
+            session_id=record["session_id"],
+            document_ids=list(record["document_ids"]),
+            status=status if status.is_final else JobStatus.PENDING,
+            files_completed=record["files_completed"],
+            files_total=record["files_total"],
+            files_converted=record["files_converted"],
+            files_failed=record["files_failed"],
+            created_at=_parse(record.get("created_at")),
+            started_at=_parse(record.get("started_at")),
+            completed_at=_parse(record.get("completed_at")),
+            error=record.get("error"),
+            memory_required_gb=record["memory_required_gb"],
+            interrupted=record.get("interrupted"),
+            documents=outcomes,
+        )
+        if len(outcomes) != len(job.document_ids):
+            raise ValueError(
+                f"job {job.job_id} has {len(outcomes)} outcomes stored for"
+                f" {len(job.document_ids)} documents"
+            )
+        job.progress = (
+            1.0
+            if status is JobStatus.COMPLETED
+            else job.files_completed / job.files_total
+        )
+        return job
 
     def estimate_remaining_time(self) -> int | None:
         """Seconds of conversion left, or None while there is nothing to go on."""

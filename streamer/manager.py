@@ -26,6 +26,7 @@ from .errors import (
     JobNotFound,
     MemoryRequestTooLarge,
     MemoryWaitTimeout,
+    ShuttingDown,
 )
 from .eta import ConverterHistory, EtaEstimator
 from .events import (
@@ -40,7 +41,9 @@ from .events import (
     JobMemoryWait,
     JobProgress,
     JobRemoved,
+    JobResumed,
     JobStarted,
+    JobSuspended,
 )
 from .gate import Backoff, MemoryGate, MemoryWait, Reservation
 from .job import (
@@ -83,6 +86,9 @@ DEFAULT_MAX_CONCURRENT = 4
 
 # How many failures a partly failed job names in its error.
 _ERRORS_NAMED = 3
+
+# Outcomes that a resumed job keeps rather than converting again.
+_ENDED = frozenset({DocumentStatus.CONVERTED, DocumentStatus.FAILED})
 
 
 def converter_name(converter: Callable[..., Any]) -> str:
@@ -141,6 +147,10 @@ class _Run:
     is_async: bool
     reporter: ProgressReporter
     cancelled: bool = False
+    # Set when a shutdown stops the job, which then is not cancelled but
+    # left unfinished, to be resumed.
+    suspended: bool = False
+    converting: bool = False
     # The current document's flag, so cancelling reaches its converter.
     stop: StopFlag = field(default_factory=StopFlag)
 
@@ -183,6 +193,7 @@ class JobManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._runs: dict[str, _Run] = {}
         self._subscribers: list[Subscription] = []
+        self._suspending: str | None = None
         self._converter = converter
         self.memory_required_gb = memory_required_gb
         self.document_timeout = document_timeout
@@ -255,12 +266,59 @@ class JobManager:
         which then runs in a thread of its own so it cannot block the loop.
         """
         job = self._require(job_id)
+        self._launch(job, converter, converter_name)
+        logger.info("started job %s", job_id)
+        self._publish(JobStarted, job)
+
+    async def resume_job(
+        self,
+        job_id: str,
+        converter: Converter | None = None,
+        *,
+        reason: str,
+        converter_name: str | None = None,
+    ) -> None:
+        """Take up a job restored from a store where it stopped.
+
+        Documents that ended before are kept as they are; the others are
+        converted, the one that was cut short from its start. ``reason``
+        says why the job had stopped, for the ``job.resumed`` event.
+        """
+        job = self._require(job_id)
+        done = job.files_completed
+        self._launch(job, converter, converter_name)
+        job.interrupted = None
+        logger.info(
+            "resumed job %s at document %d of %d (%s)",
+            job_id,
+            done + 1,
+            job.files_total,
+            reason,
+        )
+        self._publish(JobResumed, job, reason=reason, documents_done=done)
+
+    def restore(self, job: ConversionJob) -> None:
+        """Take over a job read back from a store, without an event.
+
+        A finished job is kept to be listed; one that had not finished comes
+        pending (see :meth:`ConversionJob.from_record`), for :meth:`resume_job`.
+        """
+        if job.job_id in self._jobs:
+            raise ValueError(f"job {job.job_id} already exists")
+        self._jobs[job.job_id] = job
+
+    def _launch(
+        self, job: ConversionJob, converter: Converter | None, name: str | None
+    ) -> None:
+        job_id = job.job_id
+        if self._suspending is not None:
+            raise ShuttingDown(f"job {job_id} not started: the manager is stopping")
         converter = converter if converter is not None else self._converter
         if converter is None:
             raise ValueError(f"no converter given for job {job_id}")
         if job.status != JobStatus.PENDING:
             raise InvalidTransition(job_id, job.status.value, JobStatus.RUNNING.value)
-        name = converter_name or _name_of(converter)
+        name = name or _name_of(converter)
         reporter = ProgressReporter(
             job,
             self.clock,
@@ -272,15 +330,15 @@ class JobManager:
             self.clock.monotonic,
             job.files_total,
             self.history.seconds_per_document(name),
+            already_done=job.files_completed,
         )
         job.transition(JobStatus.RUNNING)
-        job.started_at = self.clock.now()
+        if job.started_at is None:
+            job.started_at = self.clock.now()
         self._runs[job_id] = run
         task = asyncio.create_task(self._run_job(job, run), name=f"streamer-{job_id}")
         self._tasks[job_id] = task
         task.add_done_callback(functools.partial(self._job_task_done, job))
-        logger.info("started job %s with %s", job_id, name)
-        self._publish(JobStarted, job)
 
     async def cancel_job(self, job_id: str) -> bool:
         """Cancel a job that has not finished; False if it already has.
@@ -319,6 +377,13 @@ class JobManager:
 
     def cleanup_completed(self, max_age_seconds: int = 3600) -> int:
         """Remove finished jobs that ended more than ``max_age_seconds`` ago."""
+        old = self.remove_finished(max_age_seconds)
+        if old:
+            logger.info("removed %d finished jobs", len(old))
+        return len(old)
+
+    def remove_finished(self, max_age_seconds: float) -> list[ConversionJob]:
+        """Remove jobs that ended more than ``max_age_seconds`` ago; returns them."""
         now = self.clock.now()
         old = [
             job
@@ -329,9 +394,7 @@ class JobManager:
         ]
         for job in old:
             self._forget(job)
-        if old:
-            logger.info("removed %d finished jobs", len(old))
-        return len(old)
+        return old
 
     async def wait_job(self, job_id: str) -> ConversionJob:
         """Wait until a job is finished and return it."""
@@ -340,6 +403,47 @@ class JobManager:
         if task is not None and not task.done():
             await asyncio.wait({task})
         return job
+
+    async def suspend(
+        self, grace: float, reason: str = "the server was shut down"
+    ) -> int:
+        """Stop for a shutdown, leaving unfinished jobs to be resumed later.
+
+        No document starts from now on, and jobs waiting for memory stop at
+        once; documents already converting get ``grace`` seconds to finish,
+        then are stopped as a cancel would stop them. No job ends: each stops
+        where it is, its interrupted document pending again, with a
+        ``job.suspended`` event. Returns how many jobs were stopped.
+        """
+        if self._suspending is None:
+            self._suspending = reason
+        active = {
+            job_id: task for job_id, task in self._tasks.items() if not task.done()
+        }
+        for job_id, task in active.items():
+            run = self._runs.get(job_id)
+            if run is not None and not run.converting:
+                run.suspended = True
+                run.cancel()
+                task.cancel()
+        running = [task for task in active.values() if not task.done()]
+        if running:
+            await asyncio.wait(running, timeout=grace)
+        late = {job_id: task for job_id, task in active.items() if not task.done()}
+        for job_id, task in late.items():
+            run = self._runs.get(job_id)
+            if run is not None:
+                run.suspended = True
+                run.cancel()
+            task.cancel()
+        if late:
+            logger.warning(
+                "stopped %d documents still converting after %.1f s",
+                len(late),
+                grace,
+            )
+            await asyncio.wait(late.values(), timeout=self.cancel_grace)
+        return len(active)
 
     async def aclose(self) -> None:
         """Cancel every running job and wait for them to end."""
@@ -372,6 +476,10 @@ class JobManager:
     def _unsubscribe(self, subscription: Subscription) -> None:
         if subscription in self._subscribers:
             self._subscribers.remove(subscription)
+
+    def report(self, kind: type[JobEvent], job_id: str, **fields: Any) -> None:
+        """Publish an event of a job from outside the engine, such as a save failure."""
+        self._publish(kind, self._require(job_id), **fields)
 
     def _publish(self, kind: type[JobEvent], job: ConversionJob, **fields: Any) -> None:
         if kind is not JobProgress:
@@ -410,10 +518,19 @@ class JobManager:
     async def _run_job(self, job: ConversionJob, run: _Run) -> None:
         try:
             for index, outcome in enumerate(job.documents):
+                # A resumed job keeps what its documents did before.
+                if outcome.status in _ENDED:
+                    continue
+                if self._suspending is not None:
+                    self._suspend(job, self._suspending)
+                    return
                 await self._run_document(job, run, index, outcome)
         except asyncio.CancelledError:
-            self._finish(job, JobStatus.CANCELLED, "Job was cancelled")
-            logger.info("job %s cancelled", job.job_id)
+            if run.suspended:
+                self._suspend(job, self._suspending or "stopped")
+            else:
+                self._finish(job, JobStatus.CANCELLED, "Job was cancelled")
+                logger.info("job %s cancelled", job.job_id)
             raise
         except (MemoryWaitTimeout, MemoryRequestTooLarge) as exc:
             self._finish(job, JobStatus.FAILED, str(exc))
@@ -485,6 +602,7 @@ class JobManager:
         job._eta.document_started()
         stop = run.stop = StopFlag()
         stop.stopped = run.cancelled
+        run.converting = True
         try:
             result = await self._call(job, run, index, outcome, stop, lease)
         except asyncio.CancelledError:
@@ -512,6 +630,8 @@ class JobManager:
             )
             self._publish(JobDocumentFailed, job, document=outcome.to_dict())
             return
+        finally:
+            run.converting = False
 
         self._flush_progress(job)
         run.reporter.document_done()
@@ -644,6 +764,29 @@ class JobManager:
         self._publish(kind, job)
         self._runs.pop(job.job_id, None)
 
+    def _suspend(self, job: ConversionJob, reason: str) -> None:
+        """Leave a job unfinished for a shutdown: its cut-short document pending."""
+        self._flush_progress(job)
+        for outcome in job.documents:
+            if outcome.status in (DocumentStatus.CONVERTING, DocumentStatus.CANCELLED):
+                outcome.status = DocumentStatus.PENDING
+                outcome.progress = 0.0
+                outcome.duration_seconds = None
+        job.interrupted = reason
+        job.current_file = None
+        job.memory = None
+        job.memory_wait_started = None
+        job.memory_available_gb = None
+        job.progress = job.files_completed / job.files_total
+        self._publish(JobSuspended, job, reason=reason)
+        self._runs.pop(job.job_id, None)
+        logger.info(
+            "job %s suspended at %d of %d documents",
+            job.job_id,
+            job.files_completed,
+            job.files_total,
+        )
+
     def _forget(self, job: ConversionJob) -> None:
         del self._jobs[job.job_id]
         self._tasks.pop(job.job_id, None)
@@ -652,8 +795,9 @@ class JobManager:
     def _job_task_done(self, job: ConversionJob, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             # A task cancelled before its first step never ran the handler
-            # that ends the job, so the job is ended here.
-            if not job.status.is_final:
+            # that ends the job, so the job is ended here, unless a shutdown
+            # stopped it to be resumed.
+            if not job.status.is_final and job.interrupted is None:
                 self._finish(job, JobStatus.CANCELLED, "Job was cancelled")
             return
         exc = task.exception()

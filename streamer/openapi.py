@@ -178,10 +178,11 @@ def _schemas() -> dict[str, Schema]:
         },
         "Health": _object(
             {
-                "status": {"enum": ["ok", "closing"]},
+                "status": {"enum": ["ok", "degraded", "closing"]},
                 "jobs": _COUNT,
                 "sessions": _COUNT,
                 "connections": _COUNT,
+                "store": _object({"ok": {"type": "boolean"}, "pending": _COUNT}),
             }
         ),
     }
@@ -228,6 +229,7 @@ _STATUS_OF = {
         " unreadable_pdf empty_pdf",
         429: "too_many_subscribers",
         503: "too_many_sessions shutting_down",
+        507: "storage_failed",
     }.items()
     for code in codes.split()
 }
@@ -314,7 +316,10 @@ def _paths() -> dict[str, Schema]:
     body = {"required": True, "content": _content(_ref("CreateJob"))}
     events = {"200": _ok("See docs/protocol.md.", _TEXT, "text/event-stream")}
     upgrade = {"101": {"description": "Switching Protocols; see docs/protocol.md."}}
-    health = {"200": _ok("Serving.", "Health"), "503": _ok("Closing.", "Health")}
+    health = {
+        "200": _ok("Serving.", "Health"),
+        "503": _ok("Closing, or the store is failing.", "Health"),
+    }
     upload = {"required": True, "content": _content(_ref("Upload"), _FORM)}
     text = {"200": _ok("The document's text.", _TEXT, "text/plain")}
     metrics = {"200": _ok("Prometheus text format 0.0.4.", _TEXT, "text/plain")}
@@ -326,7 +331,7 @@ def _paths() -> dict[str, Schema]:
                 "createSession",
                 "Create a session and mint its token",
                 {"201": _ok("The new session.", "Session")},
-                "admin_key_required too_many_sessions",
+                "admin_key_required too_many_sessions storage_failed",
                 security=[{}, {"adminKey": []}],
             )
         },
@@ -335,7 +340,7 @@ def _paths() -> dict[str, Schema]:
                 "uploadDocuments",
                 "Upload PDF documents",
                 {"201": _ok("The documents stored, in upload order.", "DocumentList")},
-                f"{_AUTH} {_UPLOAD}",
+                f"{_AUTH} {_UPLOAD} storage_failed",
                 requestBody=upload,
                 description=_UPLOADS,
             ),
@@ -351,7 +356,7 @@ def _paths() -> dict[str, Schema]:
                 "createJob",
                 "Create a job and start it",
                 {"201": _ok("The job, already started.", "JobDetail")},
-                f"{_AUTH} {_BODY} {_INVALID}",
+                f"{_AUTH} {_BODY} {_INVALID} shutting_down storage_failed",
                 requestBody=body,
             ),
             "get": _operation(

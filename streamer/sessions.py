@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -75,6 +76,26 @@ class SessionRegistry:
 
     def get(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
+
+    def load(self, sessions: Iterable[Session]) -> None:
+        """Take back sessions read from a store, past the limit if need be."""
+        for session in sessions:
+            self._sessions[session.session_id] = session
+
+    def remove(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
+    def remove_expired(self, *, keep: Collection[str] = ()) -> list[str]:
+        """Forget sessions whose tokens all expired, except those in ``keep``."""
+        now = self._clock.now()
+        gone = [
+            session_id
+            for session_id, session in self._sessions.items()
+            if session.expires_at <= now and session_id not in keep
+        ]
+        for session_id in gone:
+            del self._sessions[session_id]
+        return gone
 
     def _make_room(self) -> None:
         if len(self._sessions) < self._max:

@@ -97,3 +97,15 @@ async def settle(rounds: int = 50) -> None:
     """Let ready tasks run to their next real wait."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+@pytest.fixture(autouse=True)
+def own_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: Any) -> None:
+    """Give each test its own default data directory and a short shutdown grace.
+
+    An app built without ``data_dir`` keeps its database in the per-user data
+    directory, which tests must neither read nor leave behind; and a test that
+    ends with a job still converting should not wait the real grace period.
+    """
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg")))
+    monkeypatch.setattr("streamer.server.DEFAULT_SHUTDOWN_GRACE", 0.2)

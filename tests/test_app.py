@@ -808,8 +808,22 @@ async def test_app_healthz_reports_counts(make_manager: Build) -> None:
         busy = await http.get("/healthz")
 
     assert empty.status_code == 200
-    assert empty.json() == {"status": "ok", "jobs": 0, "sessions": 0, "connections": 0}
-    assert busy.json() == {"status": "ok", "jobs": 1, "sessions": 1, "connections": 0}
+    store = {"ok": True, "pending": 0}
+    assert empty.json() == {
+        "status": "ok",
+        "jobs": 0,
+        "sessions": 0,
+        "connections": 0,
+        "store": store,
+    }
+    # The job's start may still be on its way to the store.
+    assert busy.json() == {
+        "status": "ok",
+        "jobs": 1,
+        "sessions": 1,
+        "connections": 0,
+        "store": {"ok": True, "pending": busy.json()["store"]["pending"]},
+    }
 
 
 async def test_app_healthz_reports_closing_after_close(make_manager: Build) -> None:

@@ -322,10 +322,16 @@ async def test_browser_server_restart_ends_in_the_new_servers_state(
     output: Path,
     make_manager: Callable[..., JobManager],
     converter: Controlled,
+    tmp_path: Path,
 ) -> None:
-    """After a restart mid-job the page shows the new server's jobs, and only those."""
+    """After a restart mid-job the page shows the new server's jobs, and only those.
+
+    The new server has a data directory of its own, so that it restores
+    nothing: the page must drop the old job because the server says so.
+    """
     first = make_manager(clock=SystemClock(), memory_required_gb=1.0)
-    async with serve(viewer_app(first, converter)) as live:
+    old_app = viewer_app(first, converter, data_dir=tmp_path / "first")
+    async with serve(old_app) as live:
         session = await open_session(page, live)
         old_job = await create_job(live, session, ["a.pdf", "b.pdf"])
         await converter.wait_started("a.pdf", TIMEOUT)
@@ -343,7 +349,8 @@ async def test_browser_server_restart_ends_in_the_new_servers_state(
         restarted = Controlled()
         new_job = second.create_job(session[0], ["n.pdf"])
         await second.start_job(new_job, restarted)
-        async with serve_at(viewer_app(second, restarted), live.port):
+        new_app = viewer_app(second, restarted, data_dir=tmp_path / "second")
+        async with serve_at(new_app, live.port):
             await expect(page.locator("#connection")).to_have_text("Live")
             await expect(page.locator("li.job")).to_have_count(1)
             await expect(card(page, new_job)).to_be_visible()

@@ -115,13 +115,13 @@ def assert_error(response: httpx.Response, status: int, code: str) -> str:
 
 
 def stored_files(data_dir: Path) -> list[str]:
-    """Every file under the data directory, relative to it."""
+    """Every file under the data directory but the database, relative to it."""
     if not data_dir.exists():
         return []
     return sorted(
         str(path.relative_to(data_dir))
         for path in data_dir.rglob("*")
-        if path.is_file()
+        if path.is_file() and not path.name.startswith("streamer.db")
     )
 
 

@@ -27,6 +27,7 @@ NAMES = {
     "job.created", "job.started", "job.progress", "job.memory_wait",
     "job.memory_resumed", "job.document_converted", "job.document_failed",
     "job.completed", "job.failed", "job.cancelled", "job.removed",
+    "job.resumed", "job.suspended", "job.save_failed",
 }  # fmt: skip
 
 

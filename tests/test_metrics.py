@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -186,13 +187,15 @@ async def test_metrics_report_memory_waits(
     assert jobs_by_status(resumed)["running"] == 1
 
 
-async def test_metrics_two_apps_do_not_share_figures(make_manager: Build) -> None:
+async def test_metrics_two_apps_do_not_share_figures(
+    make_manager: Build, tmp_path: Path
+) -> None:
     """Two apps in one process each report only their own figures."""
     busy_manager = make_manager()
     converter = Controlled()
     converter.finish("a")
-    busy = create_app(busy_manager, converter=converter)
-    idle = create_app(make_manager())
+    busy = create_app(busy_manager, converter=converter, data_dir=tmp_path / "busy")
+    idle = create_app(make_manager(), data_dir=tmp_path / "idle")
     async with client(busy) as busy_http, client(idle) as idle_http:
         _, job_id = await start_job(busy_http, "a")
         await busy_manager.wait_job(job_id)

@@ -19,6 +19,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from streamer import (
+    ConversionJob,
     EventType,
     JobManager,
     ManualClock,
@@ -26,6 +27,7 @@ from streamer import (
     SystemClock,
 )
 from streamer.app import create_app
+from streamer.events import JobSaveFailed
 from streamer.hub import Hub
 from streamer.memory import GIB
 from streamer.openapi import OPENAPI
@@ -125,6 +127,25 @@ async def engine_messages(
     seen.append(first())
     await manager.cancel_job(cancelled)
     manager.remove_job(failed)
+
+    # A shutdown suspends a converting job; a new engine resumes it, and a
+    # failed save is told on the job's stream.
+    suspended = manager.create_job(SESSION, ["e.pdf", "f.pdf"])
+    await manager.start_job(suspended, converter)
+    await converter.wait_started("e.pdf")
+    await manager.suspend(grace=0)
+    stored = manager.get_job(suspended)
+    assert stored is not None
+    later = JobManager(clock=clock, memory_probe=probe, memory_required_gb=1)
+    later.subscribe(hub.publish)
+    later.restore(ConversionJob.from_record(stored.to_record()))
+    await later.resume_job(suspended, converter, reason=stored.interrupted or "")
+    later.report(
+        JobSaveFailed,
+        suspended,
+        error="could not save to /var/lib/streamer/streamer.db: the disk is full",
+    )
+    await later.cancel_job(suspended)
 
     while (data := client.get_nowait()) is not None:
         seen.append(json.loads(data))

@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,10 @@ SECRET = b"secret of the node tests of streamer.js"
 class Harness:
     """One app at a time on a fixed port, and the commands that steer it."""
 
-    def __init__(self, replay_size: int) -> None:
+    def __init__(self, replay_size: int, data_dir: Path) -> None:
         self.replay_size = replay_size
+        self.data_dir = data_dir
+        self.starts = 0
         self.port = 0
         self.converter = Controlled()
         self.manager: JobManager | None = None
@@ -46,15 +49,18 @@ class Harness:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        # A new converter and manager, as a new process would have: nothing
-        # of the previous app's jobs survives a restart.
+        # A new converter and manager and an empty data directory, as a new
+        # process on a new machine would have: nothing of the previous app's
+        # jobs survives a restart, so the client's reset is all there is.
         self.converter = Controlled()
         self.manager = JobManager(clock=SystemClock(), memory_required_gb=0.001)
+        self.starts += 1
         app = create_app(
             self.manager,
             converter=self.converter,
             secret=SECRET,
             replay_size=self.replay_size,
+            data_dir=self.data_dir / f"start-{self.starts}",
         )
         config = server_config(
             app, host="127.0.0.1", port=self.port, log_level="warning"
@@ -130,7 +136,11 @@ async def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
-    harness = Harness(args.replay_size)
+    with tempfile.TemporaryDirectory(prefix="streamer-js-") as data_dir:
+        await _serve(Harness(args.replay_size, Path(data_dir)))
+
+
+async def _serve(harness: Harness) -> None:
     await harness.start()
     write({"port": harness.port})
 
