@@ -24,6 +24,7 @@ from .documents import (
     TooManyFiles,
     UploadError,
     UploadLimits,
+    UploadNotStored,
     UploadTooLarge,
     receive_upload,
 )
@@ -281,6 +282,10 @@ def _refusal(exc: UploadError) -> ApiError:
             return ApiError(413, "body_too_large", message)
         case FileTooLarge():
             return ApiError(413, "file_too_large", message)
+        case UploadNotStored():
+            # The disk refused a file (full, read-only): nothing of it was kept.
+            logger.error("upload not stored: %s", exc.strerror)
+            return ApiError(507, "storage_failed", f"nothing was changed: {message}")
         case DocumentRefused(kind="encrypted"):
             return ApiError(422, "encrypted_pdf", message)
         case DocumentRefused(kind="empty"):

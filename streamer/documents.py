@@ -16,7 +16,8 @@ and stores all of them or, if one is refused, none. Its refusals::
     ├── TooManyFiles            more ``file`` fields than allowed
     ├── UploadTooLarge          too much besides the files' contents
     ├── FileTooLarge            one file over the size limit
-    └── DocumentRefused         one file is not a PDF PDFium can read
+    ├── DocumentRefused         one file is not a PDF PDFium can read
+    └── UploadNotStored         the disk refused it: full, read-only
 
 The client's filename is kept as metadata only, sanitized; files are named
 after their generated ids.
@@ -31,11 +32,11 @@ import os
 import re
 import secrets
 import unicodedata
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import platformdirs
 from python_multipart.exceptions import FormParserError
@@ -74,12 +75,15 @@ __all__ = [
     "TooManyFiles",
     "UploadError",
     "UploadLimits",
+    "UploadNotStored",
     "UploadTooLarge",
     "receive_upload",
     "sanitize_filename",
 ]
 
 logger = logging.getLogger("streamer.documents")
+
+T = TypeVar("T")
 
 DOCUMENT_ID = re.compile(r"doc-[0-9a-f]{32}")
 
@@ -191,6 +195,21 @@ class DocumentStore:
     def all(self) -> list[Document]:
         return list(self._documents.values())
 
+    def remove_partial_files(self) -> int:
+        """Delete the ``.part`` files of uploads and results a dead process left."""
+        removed = 0
+        for pattern, root in (
+            (".upload-*.part", self.documents_dir),
+            ("*/.*.part", self.results_dir),
+        ):
+            if not root.is_dir():
+                continue
+            for path in root.glob(pattern):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+        return removed
+
     def get(self, document_id: str) -> Document | None:
         return self._documents.get(document_id)
 
@@ -290,6 +309,14 @@ class FileTooLarge(UploadError):
         self.filename = filename
         self.index = index
         self.limit = limit
+
+
+class UploadNotStored(UploadError):
+    """Writing the upload to disk failed; ``strerror`` says why."""
+
+    def __init__(self, error: OSError) -> None:
+        self.strerror = error.strerror or str(error)
+        super().__init__(f"the upload could not be written: {self.strerror}")
 
 
 class DocumentRefused(UploadError):
@@ -474,7 +501,7 @@ class _Reception:
             current, self._current = self._current, None
             self._check_magic(current)
             assert current.handle is not None
-            await asyncio.to_thread(current.handle.close)
+            await _on_disk(current.handle.close)
             current.handle = None
 
     async def _begin(self, filename: str | None) -> None:
@@ -487,7 +514,7 @@ class _Reception:
         # that cleanup does not know of.
         self.files.append(current)
         self._current = current
-        current.handle = await asyncio.to_thread(_create, temp)
+        current.handle = await _on_disk(_create, temp)
 
     async def _write(self, current: _File, data: bytes) -> None:
         if current.size + len(data) > self.limits.max_file_bytes:
@@ -502,7 +529,7 @@ class _Reception:
                 # Refused here, before a non-PDF of any size reaches the disk.
                 self._check_magic(current)
         assert current.handle is not None
-        await asyncio.to_thread(current.handle.write, data)
+        await _on_disk(current.handle.write, data)
 
     def _check_magic(self, current: _File) -> None:
         if current.checked:
@@ -537,6 +564,18 @@ class _Reception:
                 current.handle = None
             with contextlib.suppress(OSError):
                 current.temp.unlink(missing_ok=True)
+
+
+async def _on_disk(work: Callable[..., T], *args: Any) -> T:
+    """Run a file operation off the loop; the disk's refusal is an UploadError.
+
+    Only these calls touch the disk, so an OSError of the request's own body
+    (a client gone) is not mistaken for a full disk.
+    """
+    try:
+        return await asyncio.to_thread(work, *args)
+    except OSError as exc:
+        raise UploadNotStored(exc) from exc
 
 
 def _create(path: Path) -> IO[bytes]:
@@ -589,7 +628,10 @@ async def receive_upload(
         if not reception.files:
             raise NoFiles(f"the upload has no {FILE_FIELD!r} field")
         pages = await reception.inspect()
-        documents = _commit(store, session_id, reception.files, pages)
+        try:
+            documents = _commit(store, session_id, reception.files, pages)
+        except OSError as exc:
+            raise UploadNotStored(exc) from exc
     except BaseException:
         await reception.discard()
         raise

@@ -161,14 +161,16 @@ class Journal:
             taken, self._pending = self._pending, _Pending()
             if not taken:
                 return
-            changes = self._changes(taken)
+            changes, statuses = self._changes(taken)
             try:
                 await self.store.apply(changes)
-            except StoreError as exc:
+            except BaseException as exc:
+                # Whatever stopped the write, what it carried is noted again.
                 self._pending.merge_older(taken)
-                self._failed(exc, taken)
+                if isinstance(exc, StoreError):
+                    self._failed(exc, taken)
                 raise
-            self._succeeded(taken)
+            self._succeeded(taken, statuses)
 
     async def close(self) -> None:
         """Write what is left, stop writing, close the store."""
@@ -188,19 +190,26 @@ class Journal:
             )
         await self.store.close()
 
-    def _changes(self, taken: _Pending) -> Changes:
+    def _changes(
+        self, taken: _Pending
+    ) -> tuple[Changes, dict[str, list[DocumentStatus]]]:
+        """The write for ``taken``, and the outcome statuses it carries.
+
+        The statuses are read here, with the records: by the time the write
+        is done the job may have moved on, and that must go in the next one.
+        """
         changes = Changes()
+        statuses: dict[str, list[DocumentStatus]] = {}
         for job_id, job in taken.jobs.items():
             if job is None:
                 changes.removed_jobs.append(job_id)
                 continue
             changes.jobs.append(job.to_record())
+            now = statuses[job_id] = [o.status for o in job.documents]
             written = self._written.get(job_id)
-            if written is not None and len(written) == len(job.documents):
+            if written is not None and len(written) == len(now):
                 changes.outcomes[job_id] = [
-                    i
-                    for i, outcome in enumerate(job.documents)
-                    if outcome.status is not written[i]
+                    i for i, status in enumerate(now) if status is not written[i]
                 ]
         for session_id, session in taken.sessions.items():
             if session is None:
@@ -214,15 +223,17 @@ class Journal:
                 changes.documents.append(document)
         if taken.history:
             changes.history = self._manager.history.to_dict()
-        return changes
+        return changes, statuses
 
-    def _succeeded(self, taken: _Pending) -> None:
+    def _succeeded(
+        self, taken: _Pending, statuses: dict[str, list[DocumentStatus]]
+    ) -> None:
         self._writes += 1
-        for job_id, job in taken.jobs.items():
-            if job is None:
-                self._written.pop(job_id, None)
+        for job_id in taken.jobs:
+            if job_id in statuses:
+                self._written[job_id] = statuses[job_id]
             else:
-                self._written[job_id] = [o.status for o in job.documents]
+                self._written.pop(job_id, None)
         if self._error is not None:
             logger.info("saving to %s works again", self.store.location)
         self._error = None

@@ -184,6 +184,11 @@ class Server:
 
     async def _start(self) -> None:
         state = await self.store.open()
+
+        # A process that died mid-write left its partial files behind.
+        swept = await asyncio.to_thread(self.documents.remove_partial_files)
+        if swept:
+            logger.info("removed %d partial files of an earlier run", swept)
         if self._signer is None:
             self._signer = TokenSigner(await self.store.signing_secret())
         self.sessions.load(state.sessions)

@@ -8,7 +8,8 @@ commits safe against a crash of the process, which is what a restart is; a
 power loss may lose the last few commits, never the database.
 
 A job's outcomes have a table of their own, so a document's end writes one
-row and not the whole job.
+row and not the whole job. A converter's result that JSON cannot hold (a
+set, a datetime) is kept as its ``str()``.
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ class SqliteStore:
         jobs: dict[str, dict[str, Any]] = {}
         for job_id, record in db.execute("SELECT job_id, record FROM jobs"):
             job = json.loads(record)
+            job["job_id"] = job_id
             job["documents"] = []
             jobs[job_id] = job
         for job_id, outcome in db.execute(
@@ -239,7 +241,7 @@ class SqliteStore:
             if changes.history is not None:
                 db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('history', ?)",
-                    (json.dumps(changes.history),),
+                    (json.dumps(changes.history, default=str),),
                 )
             _delete(db, "sessions", "session_id", changes.removed_sessions)
             _delete(db, "documents", "document_id", changes.removed_documents)
@@ -253,12 +255,15 @@ class SqliteStore:
         record = {key: value for key, value in job.items() if key != "documents"}
         db.execute(
             "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?)",
-            (job["job_id"], job["session_id"], json.dumps(record)),
+            (job["job_id"], job["session_id"], json.dumps(record, default=str)),
         )
         positions = range(len(outcomes)) if changed is None else changed
         db.executemany(
             "INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?)",
-            [(job["job_id"], i, json.dumps(outcomes[i])) for i in positions],
+            [
+                (job["job_id"], i, json.dumps(outcomes[i], default=str))
+                for i in positions
+            ],
         )
 
     def _close(self) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from streamer import (
     ConversionCancelled,
+    ConversionJob,
     DocumentStatus,
     InvalidTransition,
     JobManager,
@@ -19,9 +20,11 @@ from streamer import (
     JobStatus,
     ManualClock,
     StaticMemoryProbe,
+    SystemClock,
     get_job_manager,
     set_job_manager,
 )
+from streamer.errors import ShuttingDown
 from streamer.memory import GIB
 
 from .conftest import TIMEOUT, Recorder, settle
@@ -622,3 +625,174 @@ async def test_manager_document_memory_overrides_job_figure(
     assert manager.get_job(second).status is JobStatus.WAITING_FOR_MEMORY
     converter.finish("huge")
     await converter.wait_started("plain")
+
+
+# -- restart: restore, resume, suspend -------------------------------------------
+
+
+def stopped_midway(manager: JobManager, document_ids: list[str]) -> ConversionJob:
+    """A job as a store kept it when its process died in its second document."""
+    job = ConversionJob(
+        job_id="job-restored",
+        session_id="ses-a",
+        document_ids=document_ids,
+        status=JobStatus.RUNNING,
+        created_at=manager.clock.now(),
+        started_at=manager.clock.now(),
+        files_completed=1,
+        files_converted=1,
+    )
+    job.documents[0].status = DocumentStatus.CONVERTED
+    job.documents[0].result = {"text_file": "a/kept.txt"}
+    job.documents[0].duration_seconds = 2.0
+    job.documents[1].status = DocumentStatus.CONVERTING
+    return ConversionJob.from_record(job.to_record())
+
+
+async def test_manager_resume_converts_only_what_had_not_ended(
+    make_manager: Build, recorder: Recorder
+) -> None:
+    """A resumed job skips ended documents and converts the cut-short one again."""
+    manager = make_manager()
+    converter = Controlled()
+    job = stopped_midway(manager, ["a", "b", "c"])
+    manager.restore(job)
+    await manager.resume_job(
+        job.job_id, converter, reason="the server stopped unexpectedly"
+    )
+    converter.finish("b")
+    converter.finish("c")
+    await manager.wait_job(job.job_id)
+
+    assert converter.started == ["b", "c"]
+    assert job.status is JobStatus.COMPLETED
+    assert (job.files_converted, job.files_completed) == (3, 3)
+    assert job.documents[0].result == {"text_file": "a/kept.txt"}
+    resumed = recorder.of("job.resumed", job.job_id)
+    assert len(resumed) == 1
+    assert resumed[0].to_dict()["reason"] == "the server stopped unexpectedly"
+    assert resumed[0].to_dict()["documents_done"] == 1
+    assert "job.started" not in recorder.types(job.job_id)
+
+
+async def test_manager_resumed_eta_ignores_documents_done_before(
+    make_manager: Build, clock: ManualClock
+) -> None:
+    """A resumed job's ETA comes from what it converts now, not from zero time."""
+    manager = make_manager()
+    converter = Controlled()
+    job = stopped_midway(manager, ["a", "b", "c"])
+    manager.restore(job)
+    await manager.resume_job(job.job_id, converter, reason="restart")
+    await converter.wait_started("b")
+    await clock.advance(10)
+    converter.finish("b")
+    await converter.wait_started("c")
+
+    # One document of 10 s converted in this run, one to go.
+    assert job.estimate_remaining_time() == 10
+
+
+async def test_manager_suspend_lets_a_document_finish_within_grace(
+    make_manager: Build, recorder: Recorder
+) -> None:
+    """A document that ends within the grace is kept; the next one never starts."""
+    manager = make_manager(clock=SystemClock())
+    converter = Controlled()
+    job_id = manager.create_job("ses-a", ["a", "b"])
+    await manager.start_job(job_id, converter)
+    await converter.wait_started("a")
+    suspending = asyncio.create_task(manager.suspend(grace=TIMEOUT))
+    await settle()
+    converter.finish("a")
+    assert await suspending == 1
+
+    job = manager.get_job(job_id)
+    assert job is not None
+    assert converter.started == ["a"]
+    assert not job.status.is_final
+    assert [o.status for o in job.documents] == [
+        DocumentStatus.CONVERTED,
+        DocumentStatus.PENDING,
+    ]
+    assert job.interrupted == "the server was shut down"
+    assert recorder.types(job_id)[-1] == "job.suspended"
+
+
+async def test_manager_suspend_stops_a_document_past_grace(
+    make_manager: Build, recorder: Recorder
+) -> None:
+    """A document still converting after the grace is stopped and pending again."""
+    manager = make_manager(clock=SystemClock())
+    converter = Controlled()
+    job_id = manager.create_job("ses-a", ["a"])
+    await manager.start_job(job_id, converter)
+    await converter.wait_started("a")
+    await manager.suspend(grace=0.01)
+
+    job = manager.get_job(job_id)
+    assert job is not None
+    assert converter.cleaned == ["a"]
+    assert job.documents[0].status is DocumentStatus.PENDING
+    assert job.status is not JobStatus.CANCELLED
+    assert "job.cancelled" not in recorder.types(job_id)
+    assert recorder.of("job.suspended", job_id)[0].to_dict()["reason"] == (
+        "the server was shut down"
+    )
+
+
+async def test_manager_suspend_stops_memory_waits_at_once(
+    make_manager: Build, probe: StaticMemoryProbe, recorder: Recorder
+) -> None:
+    """A job waiting for memory is suspended without waiting for the grace."""
+    probe.available_bytes = 1 * GIB
+    manager = make_manager()
+    job_id = manager.create_job("ses-a", ["a"])
+    await manager.start_job(job_id, Controlled())
+    await recorder.wait_type("job.memory_wait", job_id)
+    async with asyncio.timeout(TIMEOUT):
+        await manager.suspend(grace=3600)
+
+    job = manager.get_job(job_id)
+    assert job is not None and not job.status.is_final
+    assert recorder.types(job_id)[-1] == "job.suspended"
+    assert manager.gate.statistics().waiting == 0
+
+
+async def test_manager_starts_nothing_once_suspended(make_manager: Build) -> None:
+    """After a suspend, starting a job raises ShuttingDown and it stays pending."""
+    manager = make_manager()
+    await manager.suspend(grace=0)
+    job_id = manager.create_job("ses-a", ["a"])
+    with pytest.raises(ShuttingDown, match="stopping"):
+        await manager.start_job(job_id, Controlled())
+    job = manager.get_job(job_id)
+    assert job is not None and job.status is JobStatus.PENDING
+
+
+async def test_manager_restore_refuses_a_known_job(make_manager: Build) -> None:
+    """Restoring a job under an id the manager already has is an error."""
+    manager = make_manager()
+    job_id = manager.create_job("ses-a", ["a"])
+    job = manager.get_job(job_id)
+    assert job is not None
+    with pytest.raises(ValueError, match="already exists"):
+        manager.restore(ConversionJob.from_record(job.to_record()))
+
+
+async def test_manager_remove_finished_returns_the_jobs(
+    make_manager: Build, clock: ManualClock
+) -> None:
+    """remove_finished hands back the removed jobs, for their files to go too."""
+    manager = make_manager()
+    converter = Controlled()
+    converter.finish("a")
+    job_id = manager.create_job("ses-a", ["a"])
+    await manager.start_job(job_id, converter)
+    await manager.wait_job(job_id)
+    await clock.advance(100)
+
+    assert manager.remove_finished(200) == []
+    removed = manager.remove_finished(50)
+    assert [job.job_id for job in removed] == [job_id]
+    assert manager.get_job(job_id) is None
