@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LAUNCHER", "Started", "context_for", "discard", "has_exited"]
 
-logger = logging.getLogger("streamer.pdf")
+logger = logging.getLogger("streamer.worker")
 
 _START_METHODS = ("forkserver", "spawn")
 # What a worker needs, imported once in the fork server rather than in each
@@ -71,8 +71,9 @@ class _Launcher:
     because multiprocessing runs the main module again in each child before
     Python 3.13 (see _main_imports). So one worker per start method is kept
     started and waiting for its task: a document takes it, and the next is
-    started while the document converts. Each still converts one document
-    and exits, so a crash or a leak never reaches another document.
+    started once that worker has its task, while it converts. Each still
+    converts one document and exits, so a crash or a leak never reaches
+    another document.
 
     Every call that reads a worker's exit status runs on the one thread too.
     Process.start() polls every child's status first (multiprocessing.process.
@@ -90,15 +91,27 @@ class _Launcher:
         self._lock = threading.Lock()
 
     def take(self, method: str) -> Future[Started]:
-        """A worker for a document now, started or starting; starts the next."""
+        """A worker for a document now: the one started ahead, or a new one."""
         with self._lock:
             launch = self._ahead.pop(method, None)
-            if launch is None:
-                launch = self._thread.submit(_launch, method)
+        if launch is None:
+            launch = self._thread.submit(_launch, method)
+        return launch
+
+    def prepare(self, method: str) -> None:
+        """Start the next document's worker, unless one is started or starting.
+
+        Called once a document's worker has its task, not when it is taken:
+        starting a worker runs Python on this thread, and started while the
+        loop was handing a worker its task it held the loop up for the GIL,
+        about a millisecond a document.
+        """
+        with self._lock:
+            if method in self._ahead:
+                return
             ahead = self._thread.submit(_launch, method)
             ahead.add_done_callback(_log_failure)
             self._ahead[method] = ahead
-        return launch
 
     def reap(self, process: BaseProcess) -> Future[int]:
         """The exit code of a worker that is gone, once its resources are let go."""

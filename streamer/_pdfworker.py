@@ -1,7 +1,8 @@
 """The child process's side of a PDF conversion; none of it runs in the server.
 
-:mod:`streamer.pdf` starts one child per document with :func:`run`, sends
-it a :class:`Task` and reads its reports on a pipe, one JSON object a line::
+:mod:`streamer._launcher` starts each child with :func:`run`, and
+:mod:`streamer.worker` sends it a :class:`Task` and reads its reports on a
+pipe, one JSON object a line::
 
     {"pages": 12}                           opened: the document has 12 pages
     {"page": 3}                             page 3 is written out
@@ -80,7 +81,7 @@ class Task:
 
 
 class Refused(Exception):
-    """The document cannot be converted, for a reason streamer.pdf turns into its error.
+    """The document cannot be converted, for a reason streamer.worker makes an error.
 
     ``kind`` is "not-a-pdf", "encrypted", "damaged", "empty" or "unreadable".
     """
@@ -229,7 +230,14 @@ def _writer(fd: int) -> Report:
     """A report function writing one JSON line per message to ``fd``."""
 
     def report(message: dict[str, Any]) -> None:
-        data = memoryview(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        page = message.get("page")
+        if page is not None and len(message) == 1:
+            # The same JSON as dumps() writes, for a twentieth of its time:
+            # there is one of these a page, up to 1,000 a second.
+            line = b'{"page":%d}\n' % page
+        else:
+            line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        data = memoryview(line)
 
         # A message under PIPE_BUF goes out in one write; a longer one may
         # take several, and the reader puts it back together by its newline.
@@ -245,7 +253,7 @@ def _die_with_parent() -> None:
     A server that is killed cannot end its workers, and one hung in PDFium
     would run on forever. The parent is the fork server, which exits with the
     server; under "spawn" it is the server's thread that started the worker,
-    streamer.pdf's launcher thread, which lives as long as the server.
+    streamer._launcher's thread, which lives as long as the server.
     """
     if not sys.platform.startswith("linux"):
         return

@@ -2,11 +2,11 @@
 
 PDFium parses untrusted files in C, where a bad file can crash it, hang it or
 make it eat memory, so it never runs in the server. Each conversion gets a
-worker process of its own (:mod:`streamer._pdfworker`), forked by
-multiprocessing's fork server ahead of time, which writes the text and
-reports every page on a pipe. The event loop reads the pipe, checks the
-worker's memory every 50 ms, and ends the worker when its job is cancelled,
-its document times out or it outgrows its memory budget. A worker that
+worker process of its own (:mod:`streamer._pdfworker`), started ahead of
+time by :mod:`streamer._launcher`, which writes the text and reports every
+page on a pipe. A :class:`~streamer.worker.Worker` watches it from the
+event loop and kills it if it outgrows its memory budget; the converter
+ends it when its job is cancelled or its document times out. A worker that
 crashes fails its own document and nothing else.
 
 Results go to ``results_dir/<document_id>/<random>.txt``: UTF-8 text, the
@@ -14,50 +14,27 @@ pages in order with :data:`PAGE_SEPARATOR` (``"\\f\\n"``) between two of
 them, lines ending in ``\\n``. The worker writes a hidden file beside it,
 renamed into place once the worker is gone, so a reader never sees half a
 file and two conversions of one document never write to the same one.
+
+:data:`KILL_GRACE`, :data:`MEMORY_CHECK_INTERVAL` and :class:`WorkerInfo`
+come from :mod:`streamer.worker` and are importable from here too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import secrets
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
+from typing import Any
 
-import psutil
-
-from ._launcher import (
-    LAUNCHER,
-    Started,
-    context_for,
-    discard,
-    has_exited,
-)
+from ._launcher import context_for
 from ._pdfworker import PAGE_SEPARATOR, Task
-from .errors import (
-    ConverterCrashed,
-    DamagedPdf,
-    DocumentError,
-    DocumentTimeout,
-    DocumentUnreadable,
-    EmptyPdf,
-    EncryptedPdf,
-    MemoryBudgetExceeded,
-    NotAPdf,
-    StreamerError,
-)
-
-if TYPE_CHECKING:
-    from multiprocessing.context import ForkServerContext, SpawnContext
-
-    _Context: TypeAlias = ForkServerContext | SpawnContext
+from .errors import DocumentTimeout
+from .worker import KILL_GRACE, MEMORY_CHECK_INTERVAL, Worker, WorkerInfo
 
 __all__ = [
     "KILL_GRACE",
@@ -70,20 +47,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("streamer.pdf")
-
-T = TypeVar("T")
-
-# Seconds between two readings of a worker's memory. A reading costs about
-# 20 us on the loop; a worker can grow by a few hundred MB in between.
-MEMORY_CHECK_INTERVAL: Final = 0.05
-# Seconds a worker has to exit after SIGTERM before it gets SIGKILL. It has
-# nothing to save, and the engine waits 5 s for a cancelled job to clean up.
-KILL_GRACE: Final = 1.0
-
-# Seconds the pipe is left alone after each read. Reading as soon as a page
-# is out would wake the loop for every page, some 1,000 times a second for a
-# dense text; pausing lets the pages of 10 ms gather into one read.
-_READ_PAUSE = 0.01
 
 # The memory estimate. Measured with pypdfium2 5.15 on Linux, a worker's
 # resident memory peaked at 28 MiB for 200 pages of dense text, and at 34 MiB
@@ -103,20 +66,6 @@ class PdfInfo:
     """What :func:`inspect_pdf` found out about a PDF."""
 
     pages: int
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
-    """A worker process that runs now, as last seen: for metrics and tests."""
-
-    document_id: str
-    pid: int
-    # None until the worker has opened the document.
-    pages: int | None
-    pages_done: int
-    # Resident memory at the last check, 0 before the first.
-    rss_bytes: int
-    budget_bytes: int
 
 
 class PdfTextConverter:
@@ -150,7 +99,7 @@ class PdfTextConverter:
         self.memory_budget = memory_budget
         self.start_method = start_method
         self._fault = _fault
-        self._workers: set[_Worker] = set()
+        self._workers: set[Worker] = set()
 
     async def __call__(
         self, document_id: str, progress: Callable[[float], None]
@@ -170,7 +119,7 @@ class PdfTextConverter:
         name = f"{secrets.token_hex(8)}.txt"
         final = self.results_dir / folder / name
         partial = final.with_name(f".{name}.part")
-        worker = _Worker(
+        worker = Worker(
             self.start_method,
             Task(str(source), str(partial), self._fault),
             document_id,
@@ -231,18 +180,8 @@ class PdfTextConverter:
 
     def workers(self) -> tuple[WorkerInfo, ...]:
         """The workers that run now, one per document being converted."""
-        return tuple(
-            WorkerInfo(
-                document_id=worker.document,
-                pid=worker.pid,
-                pages=worker.pages,
-                pages_done=worker.pages_done,
-                rss_bytes=worker.rss,
-                budget_bytes=worker.budget,
-            )
-            for worker in self._workers
-            if worker.pid is not None
-        )
+        seen = (worker.info() for worker in self._workers)
+        return tuple(info for info in seen if info is not None)
 
     def _fixed_budget(self, document_id: str) -> int | None:
         budget = self.memory_budget
@@ -275,7 +214,7 @@ async def inspect_pdf(
     """
     path = Path(path)
     budget = _MEMORY_BASE + _MEMORY_PER_FILE_BYTE * _size_of(path)
-    worker = _Worker("forkserver", Task(str(path), None, _fault), path.name, budget)
+    worker = Worker("forkserver", Task(str(path), None, _fault), path.name, budget)
     try:
         try:
             async with asyncio.timeout(timeout):
@@ -298,322 +237,6 @@ async def inspect_pdf(
 
     assert worker.pages is not None
     return PdfInfo(pages=worker.pages)
-
-
-class _Worker:
-    """One worker process, its pipe and its memory, seen from the event loop."""
-
-    def __init__(self, method: str, task: Task, document: str, budget: int) -> None:
-        self.document = document
-        self.budget = budget
-        self.pid: int | None = None
-        self.pages: int | None = None
-        self.pages_done = 0
-        self.characters = 0
-        self.rss = 0
-        self._method = method
-        self._task = task
-        self._loop = asyncio.get_running_loop()
-        self._process: BaseProcess | None = None
-        self._watched: psutil.Process | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        # The pipe's read end, what arrived on it, and a future that a
-        # waiting receive() sets up for the next arrival.
-        self._fd: int | None = None
-        self._buffer = bytearray()
-        self._eof = False
-        self._arrival: asyncio.Future[None] | None = None
-        self._rearm: asyncio.TimerHandle | None = None
-        self._sentinel: int | None = None
-        self._exited: asyncio.Future[int] = self._loop.create_future()
-        self._finished = False
-        self._refused: tuple[str, str] | None = None
-        self._failed: str | None = None
-        self._over_budget: int | None = None
-
-    async def start(self) -> None:
-        """Take a started worker and give it the task.
-
-        Once this returns the worker is this object's to watch and to stop.
-        Cancelled before, the worker it was about to take never gets a task,
-        and exits by itself.
-        """
-        started = await self._take_worker()
-        self._attach(started)
-        try:
-            started.tasks.send(self._task)
-        except OSError:
-            # Died just now: the sentinel tells, and failure() says how.
-            pass
-        finally:
-            started.tasks.close()
-
-    async def _take_worker(self) -> Started:
-        # A worker started ahead may have failed to start, or died while it
-        # waited (killed from outside); then another is taken, once.
-        for retry in (False, True):
-            launch = asyncio.wrap_future(LAUNCHER.take(self._method))
-            try:
-                started = await asyncio.shield(launch)
-            except asyncio.CancelledError:
-                launch.add_done_callback(discard)
-                raise
-            except Exception:
-                if retry:
-                    raise
-                logger.warning("a worker failed to start; taking another")
-                continue
-            if retry or not has_exited(started.process):
-                return started
-            logger.warning("worker %d died before it got a task", started.process.pid)
-            started.discard()
-        raise AssertionError("unreachable")
-
-    def _attach(self, started: Started) -> None:
-        process = started.process
-        assert process.pid is not None
-        self._process = process
-        self.pid = process.pid
-        self._fd = started.read_fd
-        os.set_blocking(self._fd, False)
-        self._loop.add_reader(self._fd, self._on_readable)
-        self._sentinel = process.sentinel
-        self._loop.add_reader(self._sentinel, self._on_exit)
-        try:
-            self._watched = psutil.Process(process.pid)
-        except psutil.Error:
-            pass
-        else:
-            self._timer = self._loop.call_later(
-                MEMORY_CHECK_INTERVAL, self._check_memory
-            )
-        logger.debug("worker %d took document %s", self.pid, self.document)
-
-    async def receive(self) -> str | None:
-        """The kind of the worker's next message, or None once its pipe is shut."""
-        while True:
-            end = self._buffer.find(b"\n")
-            if end >= 0:
-                line = bytes(self._buffer[:end])
-                del self._buffer[: end + 1]
-                return self._read_message(line)
-            if self._eof:
-                # Whatever is left is the torn last message of a killed worker.
-                return None
-            self._arrival = self._loop.create_future()
-            await self._arrival
-
-    def _read_message(self, line: bytes) -> str:
-        message = json.loads(line)
-        if "page" in message:
-            self.pages_done = message["page"]
-            return "page"
-        if "pages" in message:
-            self.pages = message["pages"]
-            if self._task.output is None:
-                self._finished = True
-            return "pages"
-        if "done" in message:
-            self.characters = message["done"]
-            self._finished = True
-            return "done"
-        if "refused" in message:
-            self._refused = (message["refused"], message.get("detail", ""))
-            return "refused"
-        self._failed = str(message.get("failed", f"sent {message!r}"))
-        return "failed"
-
-    def _on_readable(self) -> None:
-        assert self._fd is not None
-        try:
-            data = os.read(self._fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            self._buffer += data
-            self._loop.remove_reader(self._fd)
-            self._rearm = self._loop.call_later(_READ_PAUSE, self._arm)
-        else:
-            self._eof = True
-            self._close_pipe()
-        if self._arrival is not None and not self._arrival.done():
-            self._arrival.set_result(None)
-
-    def _arm(self) -> None:
-        self._rearm = None
-        if self._fd is not None:
-            self._loop.add_reader(self._fd, self._on_readable)
-
-    def _on_exit(self) -> None:
-        # The sentinel turns readable once the worker is gone; its status is
-        # read on the launcher's thread, for the reason _Launcher gives.
-        assert self._process is not None and self._sentinel is not None
-        self._loop.remove_reader(self._sentinel)
-        self._sentinel = None
-        self._stop_checking()
-
-        # What the worker wrote last is read now rather than after the pause.
-        if self._rearm is not None:
-            self._rearm.cancel()
-            self._arm()
-        reaping = asyncio.wrap_future(LAUNCHER.reap(self._process))
-        reaping.add_done_callback(self._on_reaped)
-
-    def _on_reaped(self, reaping: asyncio.Future[int]) -> None:
-        if self._exited.done():
-            return
-        if reaping.cancelled():
-            self._exited.set_exception(RuntimeError("reaping a worker was cancelled"))
-        elif (error := reaping.exception()) is not None:
-            self._exited.set_exception(error)
-        else:
-            code = reaping.result()
-            self._exited.set_result(code)
-            logger.debug(
-                "worker %d of document %s exited: %d", self.pid, self.document, code
-            )
-
-    def _check_memory(self) -> None:
-        self._timer = None
-        assert self._watched is not None and self._process is not None
-        try:
-            rss = self._watched.memory_info().rss
-        except psutil.Error:
-            # Gone: the sentinel says so next.
-            return
-        self.rss = rss
-        if rss <= self.budget:
-            self._timer = self._loop.call_later(
-                MEMORY_CHECK_INTERVAL, self._check_memory
-            )
-            return
-
-        # SIGKILL at once, without SIGTERM's grace: a worker that grows this
-        # fast could take the machine's memory during the grace.
-        self._over_budget = rss
-        logger.warning(
-            "worker %d of document %s uses %d MiB, past its budget of %d MiB:"
-            " killing it",
-            self.pid,
-            self.document,
-            rss >> 20,
-            self.budget >> 20,
-        )
-        self._process.kill()
-
-    async def wait(self) -> int:
-        """Wait until the worker is gone; its exit code."""
-        # Shielded: a cancelled wait must not cancel the future that stop()
-        # waits on next.
-        return await asyncio.shield(self._exited)
-
-    def failure(self) -> StreamerError | None:
-        """Why the document failed, None if the worker did its task; once it is gone."""
-        code = self._exited.result()
-        if self._over_budget is not None:
-            return MemoryBudgetExceeded(self.document, self.budget, self._over_budget)
-        if self._refused is not None:
-            return _refusal(self.document, *self._refused)
-        if code < 0:
-            return ConverterCrashed(
-                self.document, f"killed by {_signal_name(-code)}", exitcode=code
-            )
-        if self._failed is not None:
-            return ConverterCrashed(self.document, self._failed, exitcode=code)
-        if code != 0 or not self._finished:
-            return ConverterCrashed(
-                self.document, f"exited with status {code} unfinished", exitcode=code
-            )
-        return None
-
-    async def stop(self) -> None:
-        """End the worker if it runs (SIGTERM, then SIGKILL); return once it is gone."""
-        if self._process is None or self._exited.done():
-            return
-        self._stop_checking()
-        self._process.terminate()
-        hurried = False
-        try:
-            async with asyncio.timeout(KILL_GRACE):
-                await asyncio.shield(self._exited)
-            return
-        except TimeoutError:
-            logger.warning(
-                "worker %d of document %s outlived SIGTERM by %.1f s: killing it",
-                self.pid,
-                self.document,
-                KILL_GRACE,
-            )
-        except asyncio.CancelledError:
-            hurried = True
-        self._process.kill()
-
-        # SIGKILL cannot be refused, so this is short; it is seen through even
-        # if cancelled again, as the caller must not go on while the worker
-        # lives.
-        await _outlast(self._exited)
-        if hurried:
-            raise asyncio.CancelledError
-
-    def close(self) -> None:
-        """Let go of the pipe and the watches, once the worker is gone or never ran."""
-        self._stop_checking()
-        self._close_pipe()
-        if self._sentinel is not None:
-            self._loop.remove_reader(self._sentinel)
-            self._sentinel = None
-
-    def _stop_checking(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _close_pipe(self) -> None:
-        if self._rearm is not None:
-            self._rearm.cancel()
-            self._rearm = None
-        if self._fd is not None:
-            self._loop.remove_reader(self._fd)
-            os.close(self._fd)
-            self._fd = None
-
-
-async def _outlast(future: asyncio.Future[T]) -> T:
-    """Await ``future`` to its end even through cancellation, then re-raise that.
-
-    For the waits that must not be cut short: a worker being started or
-    killed is seen through, or it would outlive its document.
-    """
-    cancelled = False
-    while not future.done():
-        try:
-            await asyncio.wait({future})
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return future.result()
-
-
-def _refusal(document: str, kind: str, detail: str) -> DocumentError:
-    if kind == "not-a-pdf":
-        return NotAPdf(document)
-    if kind == "encrypted":
-        return EncryptedPdf(document)
-    if kind == "empty":
-        return EmptyPdf(document)
-    if kind == "unreadable":
-        return DocumentUnreadable(document, detail)
-    return DamagedPdf(document, detail or "PDFium cannot parse it")
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _folder_name(document_id: str) -> str:

@@ -1,4 +1,7 @@
-"""The PDF converter and inspect_pdf, on real PDFs in real worker processes."""
+"""The PDF converter and inspect_pdf, on real PDFs in real worker processes.
+
+How one worker process is watched and ended is tests/test_worker.py's.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +12,13 @@ import re
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from streamer import DocumentStatus, JobManager, JobStatus, ManualClock, _launcher
+from streamer import DocumentStatus, JobManager, JobStatus, ManualClock
 from streamer.errors import (
     ConverterCrashed,
     DamagedPdf,
@@ -194,24 +196,6 @@ async def test_pdf_converter_new_worker_per_document(
     assert len(set(pids)) == 2
 
 
-async def test_pdf_converter_replaces_worker_that_died_waiting(
-    make_converter: Callable[..., PdfTextConverter],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A worker killed while it waits for a document is replaced, unseen."""
-    converter = make_converter()
-    await converter("text", Progress())
-    ahead = await asyncio.wrap_future(_launcher.LAUNCHER._ahead["forkserver"])
-    pid = ahead.process.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    await asyncio.to_thread(wait, [ahead.process.sentinel], TIMEOUT)
-
-    result = await converter("text", Progress())
-    assert result["pages"] == PAGES
-    assert f"worker {pid} died before it got a task" in caplog.text
-
-
 async def test_pdf_converter_spawn_start_method(
     make_converter: Callable[..., PdfTextConverter],
 ) -> None:
@@ -353,18 +337,6 @@ async def test_pdf_converter_memory_hog_ends_at_budget(
         await asyncio.wait_for(call, TIMEOUT)
     assert watched.gone()
     assert files_under(results) == []
-
-
-async def test_pdf_memory_budget_error_names_figures(
-    make_converter: Callable[..., PdfTextConverter],
-) -> None:
-    """MemoryBudgetExceeded carries the budget and a usage past it."""
-    converter = make_converter(memory_budget=200 * MIB, _fault="hog")
-    with pytest.raises(MemoryBudgetExceeded) as caught:
-        await asyncio.wait_for(converter("text", Progress()), TIMEOUT)
-    assert caught.value.budget == 200 * MIB
-    assert caught.value.used > 200 * MIB
-    assert caught.value.document == "text"
 
 
 async def test_pdf_inspect_hung_worker_times_out(samples: Samples) -> None:
