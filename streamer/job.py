@@ -263,9 +263,13 @@ class ConversionJob:
             ),
         }
 
-    def to_record(self) -> dict[str, Any]:
-        """The job as a store keeps it: everything needed to take it up again."""
-        return {
+    def to_record(self, *, documents: bool = True) -> dict[str, Any]:
+        """The job as a store keeps it: everything needed to take it up again.
+
+        Without ``documents`` the outcomes are left out, for a store that
+        keeps them apart and is given only those that changed.
+        """
+        record = {
             "job_id": self.job_id,
             "session_id": self.session_id,
             "document_ids": list(self.document_ids),
@@ -280,8 +284,10 @@ class ConversionJob:
             "error": self.error,
             "memory_required_gb": self.memory_required_gb,
             "interrupted": self.interrupted,
-            "documents": [outcome.to_dict() for outcome in self.documents],
         }
+        if documents:
+            record["documents"] = [outcome.to_dict() for outcome in self.documents]
+        return record
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> ConversionJob:

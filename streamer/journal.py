@@ -14,6 +14,11 @@ What is written when:
 * the converters' timing history: with the job whose document added to it;
 * sessions and documents: as the app notes them (a new session, an upload).
 
+A change is written at once when the journal was idle; changes that come
+while a write is on its way, or within ``interval`` (50 ms) of the last one,
+go together in the next, so a job's state on disk is at most that much
+behind it, besides the write's own time.
+
 Requests that must not answer before their change is kept (a new session, an
 upload, a new job) await :meth:`Journal.flush`, which raises
 :class:`~streamer.errors.StoreError` if the write failed. A failed background
@@ -25,7 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
+import time
 from dataclasses import dataclass, field
 
 from .errors import StoreError
@@ -84,9 +91,16 @@ class Journal:
     """Notes the engine's and the app's changes and writes them to ``store``."""
 
     def __init__(
-        self, store: Store, manager: JobManager, *, retry: Backoff | None = None
+        self,
+        store: Store,
+        manager: JobManager,
+        *,
+        retry: Backoff | None = None,
+        interval: float = 0.05,
     ) -> None:
         self.store = store
+        self._interval = interval
+        self._last_write = -math.inf
         self._manager = manager
         self._retry = retry or Backoff(initial=0.5, cap=30.0)
         self._rng = random.Random()
@@ -204,13 +218,17 @@ class Journal:
             if job is None:
                 changes.removed_jobs.append(job_id)
                 continue
-            changes.jobs.append(job.to_record())
             now = statuses[job_id] = [o.status for o in job.documents]
             written = self._written.get(job_id)
-            if written is not None and len(written) == len(now):
-                changes.outcomes[job_id] = [
-                    i for i, status in enumerate(now) if status is not written[i]
-                ]
+            if written is None or len(written) != len(now):
+                changes.jobs.append(job.to_record())
+                continue
+            changes.jobs.append(job.to_record(documents=False))
+            changes.outcomes[job_id] = {
+                i: job.documents[i].to_dict()
+                for i, status in enumerate(now)
+                if status is not written[i]
+            }
         for session_id, session in taken.sessions.items():
             if session is None:
                 changes.removed_sessions.append(session_id)
@@ -267,6 +285,14 @@ class Journal:
     async def _write(self) -> None:
         attempt = 0
         while self._pending and not self._closed:
+            # A burst of changes waits for the rest of the interval and goes
+            # in one write. Every write hands the GIL to the store's thread
+            # and back, which costs the loop far more than the write itself
+            # when it comes hundreds of times a second.
+            wait = self._last_write + self._interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._last_write = time.monotonic()
             try:
                 await self.flush()
             except StoreError:

@@ -23,6 +23,7 @@ import secrets
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -106,7 +107,9 @@ class SqliteStore:
 
     async def apply(self, changes: Changes) -> None:
         if changes:
-            await self._call(lambda: self._apply(changes), "save to")
+            # Encoded here, on the caller's thread: see _Rows.
+            rows = _Rows.of(changes)
+            await self._call(lambda: self._write(rows), "save to")
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None
@@ -212,59 +215,21 @@ class SqliteStore:
             db.execute("INSERT INTO meta VALUES ('secret', ?)", (secret.hex(),))
         return secret
 
-    def _apply(self, changes: Changes) -> None:
+    def _write(self, rows: _Rows) -> None:
         db = self._db()
         with _transaction(db):
-            db.executemany(
-                "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?)",
-                [
-                    (s.session_id, s.created_at.isoformat(), s.expires_at.isoformat())
-                    for s in changes.sessions
-                ],
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        d.document_id,
-                        d.session_id,
-                        d.filename,
-                        d.size_bytes,
-                        d.pages,
-                        d.created_at.isoformat(),
-                    )
-                    for d in changes.documents
-                ],
-            )
-            for job in changes.jobs:
-                self._put_job(db, job, changes.outcomes.get(job["job_id"]))
-            if changes.history is not None:
+            _insert(db, "sessions", rows.sessions)
+            _insert(db, "documents", rows.documents)
+            _insert(db, "jobs", rows.jobs)
+            _insert(db, "outcomes", rows.outcomes)
+            if rows.history is not None:
                 db.execute(
-                    "INSERT OR REPLACE INTO meta VALUES ('history', ?)",
-                    (json.dumps(changes.history, default=str),),
+                    "INSERT OR REPLACE INTO meta VALUES ('history', ?)", (rows.history,)
                 )
-            _delete(db, "sessions", "session_id", changes.removed_sessions)
-            _delete(db, "documents", "document_id", changes.removed_documents)
-            _delete(db, "outcomes", "job_id", changes.removed_jobs)
-            _delete(db, "jobs", "job_id", changes.removed_jobs)
-
-    def _put_job(
-        self, db: sqlite3.Connection, job: dict[str, Any], changed: list[int] | None
-    ) -> None:
-        outcomes = job["documents"]
-        record = {key: value for key, value in job.items() if key != "documents"}
-        db.execute(
-            "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?)",
-            (job["job_id"], job["session_id"], json.dumps(record, default=str)),
-        )
-        positions = range(len(outcomes)) if changed is None else changed
-        db.executemany(
-            "INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?)",
-            [
-                (job["job_id"], i, json.dumps(outcomes[i], default=str))
-                for i in positions
-            ],
-        )
+            _delete(db, "sessions", "session_id", rows.removed_sessions)
+            _delete(db, "documents", "document_id", rows.removed_documents)
+            _delete(db, "outcomes", "job_id", rows.removed_jobs)
+            _delete(db, "jobs", "job_id", rows.removed_jobs)
 
     def _close(self) -> None:
         connection, self._connection = self._connection, None
@@ -294,9 +259,94 @@ def _meta(db: sqlite3.Connection, key: str) -> Any:
     return None if row is None else row[0]
 
 
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """One write's rows, encoded and ready for the store's thread.
+
+    The thread takes the GIL for every statement it steps through, and while
+    the event loop is busy each time costs it up to the interpreter's switch
+    interval (5 ms). So the rows are encoded before the thread gets them, and
+    go in a few statements of many rows each, not one statement a row: a
+    write of hundreds of outcomes takes the GIL a handful of times.
+    """
+
+    sessions: list[tuple[Any, ...]]
+    documents: list[tuple[Any, ...]]
+    jobs: list[tuple[Any, ...]]
+    outcomes: list[tuple[Any, ...]]
+    history: str | None
+    removed_sessions: list[str]
+    removed_documents: list[str]
+    removed_jobs: list[str]
+
+    @classmethod
+    def of(cls, changes: Changes) -> _Rows:
+        jobs = []
+        outcomes = []
+        for job in changes.jobs:
+            job_id = job["job_id"]
+            record = {key: value for key, value in job.items() if key != "documents"}
+            jobs.append((job_id, job["session_id"], _json(record)))
+            changed = (
+                dict(enumerate(job["documents"]))
+                if "documents" in job
+                else changes.outcomes.get(job_id, {})
+            )
+            outcomes += [(job_id, i, _json(o)) for i, o in changed.items()]
+        return cls(
+            sessions=[
+                (s.session_id, s.created_at.isoformat(), s.expires_at.isoformat())
+                for s in changes.sessions
+            ],
+            documents=[
+                (
+                    d.document_id,
+                    d.session_id,
+                    d.filename,
+                    d.size_bytes,
+                    d.pages,
+                    d.created_at.isoformat(),
+                )
+                for d in changes.documents
+            ],
+            jobs=jobs,
+            outcomes=outcomes,
+            history=None if changes.history is None else _json(changes.history),
+            removed_sessions=changes.removed_sessions,
+            removed_documents=changes.removed_documents,
+            removed_jobs=changes.removed_jobs,
+        )
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str, separators=(",", ":"))
+
+
+# SQLite builds before 3.32 allow 999 parameters to a statement.
+_MAX_PARAMETERS = 999
+
+
+def _insert(db: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
+    # Table names come from this module, never from input.
+    if not rows:
+        return
+    width = len(rows[0])
+    chunk = _MAX_PARAMETERS // width
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(part))
+        db.execute(
+            f"INSERT OR REPLACE INTO {table} VALUES {values}",
+            [value for row in part for value in row],
+        )
+
+
 def _delete(db: sqlite3.Connection, table: str, column: str, keys: list[str]) -> None:
     # Table and column names come from this module, never from input.
-    db.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(k,) for k in keys])
+    for start in range(0, len(keys), _MAX_PARAMETERS):
+        part = keys[start : start + _MAX_PARAMETERS]
+        marks = ", ".join("?" * len(part))
+        db.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", part)
 
 
 def _time(text: str) -> datetime:

@@ -57,17 +57,16 @@ class DocumentRecord:
 class Changes:
     """One atomic write: what to keep and what to forget.
 
-    Jobs are whole records, each replacing the one stored under its id;
-    ``outcomes`` names, for jobs already stored, the positions of the
-    documents whose outcome changed, so that a backend need not rewrite a
-    thousand outcomes when one changed. A job absent from ``outcomes`` is
-    written with all of its documents.
+    A job's record replaces the one stored under its id. A record with
+    ``"documents"`` carries all of the job's outcomes; one without keeps the
+    stored outcomes, and ``outcomes`` gives those that changed, by position,
+    so that a document's end writes one outcome rather than a thousand.
     """
 
     sessions: list[Session] = field(default_factory=list)
     documents: list[DocumentRecord] = field(default_factory=list)
     jobs: list[dict[str, Any]] = field(default_factory=list)
-    outcomes: dict[str, list[int]] = field(default_factory=dict)
+    outcomes: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     history: dict[str, dict[str, float]] | None = None
     removed_sessions: list[str] = field(default_factory=list)
     removed_documents: list[str] = field(default_factory=list)
@@ -148,7 +147,8 @@ class MemoryStore:
         self.writes += 1
         _put(self.sessions, ((s.session_id, s) for s in changes.sessions))
         _put(self.documents, ((d.document_id, d) for d in changes.documents))
-        _put(self.jobs, ((j["job_id"], j) for j in changes.jobs))
+        for job in changes.jobs:
+            self._put_job(job, changes.outcomes.get(job["job_id"], {}))
         if changes.history is not None:
             self.history = dict(changes.history)
         for session_id in changes.removed_sessions:
@@ -160,6 +160,16 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
+
+    def _put_job(self, job: dict[str, Any], changed: dict[int, dict[str, Any]]) -> None:
+        if "documents" in job:
+            self.jobs[job["job_id"]] = job
+            return
+        stored = self.jobs[job["job_id"]]
+        outcomes = list(stored["documents"])
+        for position, outcome in changed.items():
+            outcomes[position] = outcome
+        self.jobs[job["job_id"]] = {**job, "documents": outcomes}
 
 
 def _put(table: dict[str, Any], items: Iterable[tuple[str, Any]]) -> None:

@@ -120,7 +120,7 @@ async def test_journal_writes_only_changed_outcomes(
     converter = Controlled()
     job_id = manager.create_job("ses-a", ["a", "b", "c"])
     await journal.flush()
-    assert store.applied[-1].outcomes == {}
+    assert "documents" in store.applied[-1].jobs[0]
     await manager.start_job(job_id, converter)
     await journal.flush()
     converter.finish("a")
@@ -128,7 +128,17 @@ async def test_journal_writes_only_changed_outcomes(
     await journal.flush()
 
     # 'a' ended and 'b' started converting since the last write.
-    assert store.applied[-1].outcomes == {job_id: [0, 1]}
+    written = store.applied[-1]
+    assert "documents" not in written.jobs[0]
+    assert {i: o["status"] for i, o in written.outcomes[job_id].items()} == {
+        0: "converted",
+        1: "converting",
+    }
+    assert [d["status"] for d in store.jobs[job_id]["documents"]] == [
+        "converted",
+        "converting",
+        "pending",
+    ]
     await journal.close()
 
 
