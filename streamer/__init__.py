@@ -12,6 +12,8 @@ from .errors import (
     JobNotFound,
     MemoryRequestTooLarge,
     MemoryWaitTimeout,
+    ShuttingDown,
+    StoreError,
     StreamerError,
 )
 from .eta import ConverterHistory, EtaEstimator
@@ -28,7 +30,10 @@ from .events import (
     JobMemoryWait,
     JobProgress,
     JobRemoved,
+    JobResumed,
+    JobSaveFailed,
     JobStarted,
+    JobSuspended,
 )
 from .gate import Backoff, GateStatistics, MemoryGate, MemoryWait, Reservation
 from .job import (
@@ -41,6 +46,7 @@ from .job import (
     format_eta,
     format_gb,
 )
+from .journal import Journal
 from .manager import (
     MAX_MEMORY_WAIT_TIME,
     MEMORY_CHECK_INTERVAL,
@@ -58,6 +64,8 @@ from .memory import (
     probe_memory,
 )
 from .singleton import check_memory_for_conversion, get_job_manager, set_job_manager
+from .sqlite import SqliteStore
+from .store import Changes, DocumentRecord, MemoryStore, Store, StoredState
 
 __version__ = "0.1.0"
 
@@ -66,6 +74,7 @@ __all__ = [
     "MEMORY_CHECK_INTERVAL",
     "MIN_MEMORY_GB",
     "Backoff",
+    "Changes",
     "Clock",
     "ConversionCancelled",
     "ConversionJob",
@@ -73,6 +82,7 @@ __all__ = [
     "ConverterHistory",
     "DocumentMemory",
     "DocumentOutcome",
+    "DocumentRecord",
     "DocumentStatus",
     "DocumentTimeout",
     "EtaEstimator",
@@ -93,18 +103,28 @@ __all__ = [
     "JobNotFound",
     "JobProgress",
     "JobRemoved",
+    "JobResumed",
+    "JobSaveFailed",
     "JobStarted",
     "JobStatus",
+    "JobSuspended",
+    "Journal",
     "ManualClock",
     "MemoryGate",
     "MemoryProbe",
     "MemoryReading",
     "MemoryRequestTooLarge",
     "MemoryStatus",
+    "MemoryStore",
     "MemoryWait",
     "MemoryWaitTimeout",
     "Reservation",
+    "ShuttingDown",
+    "SqliteStore",
     "StaticMemoryProbe",
+    "Store",
+    "StoreError",
+    "StoredState",
     "StreamerError",
     "Subscription",
     "SystemClock",

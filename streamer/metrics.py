@@ -100,6 +100,23 @@ class ServerCollector(Collector):
         available.add_metric([reading.source], reading.available_bytes)
         yield available
 
+        saving = server.journal.statistics()
+        yield CounterMetricFamily(
+            "streamer_store_writes",
+            "Writes of changes to the store that succeeded.",
+            value=saving.writes,
+        )
+        yield CounterMetricFamily(
+            "streamer_store_write_failures",
+            "Writes to the store that failed and were kept to try again.",
+            value=saving.failures,
+        )
+        yield GaugeMetricFamily(
+            "streamer_store_pending",
+            "Changes noted and not yet written to the store.",
+            value=saving.pending,
+        )
+
 
 async def metrics_endpoint(request: Request) -> Response:
     state = request.app.state

@@ -7,6 +7,7 @@ bounded by a timeout and killed by its PID if it outlives its test.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -24,7 +25,7 @@ import pytest
 
 from streamer import JobManager, SystemClock
 from streamer.app import create_app
-from streamer.cli import describe, main, viewer_url
+from streamer.cli import _duration, _duration_or_off, describe, main, viewer_url
 from streamer.documents import DocumentStore
 from streamer.tokens import TokenSigner
 
@@ -409,3 +410,33 @@ async def test_cli_convert_ctrl_c_cancels_the_job_and_exits_130(
     assert converter.cleaned == converter.started
     assert "cancelling the job" in program.stderr
     assert not (tmp_path / "slow.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("24h", 86400.0), ("7d", 604800.0)],
+)
+def test_cli_durations_take_units(text: str, seconds: float) -> None:
+    """--retention and --shutdown-grace read plain seconds or s, m, h, d."""
+    assert _duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-5m", "nan", "infh", "1e400"])
+def test_cli_durations_refuse_nonsense(text: str) -> None:
+    """A duration that is not a number of 0 or more is a usage error."""
+    with pytest.raises(argparse.ArgumentTypeError, match="duration"):
+        _duration(text)
+
+
+def test_cli_retention_off_keeps_everything() -> None:
+    """--retention off passes None on, which keeps every finished job."""
+    assert _duration_or_off("off") is None
+    assert _duration_or_off("2h") == 7200.0
+
+
+def test_cli_serve_refuses_a_bad_retention(capsys: Any) -> None:
+    """`serve --retention soon` exits 2 and says what a duration looks like."""
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--retention", "soon"])
+    assert exited.value.code == 2
+    assert "is not a duration such as 30s" in capsys.readouterr().err

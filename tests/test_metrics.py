@@ -30,6 +30,9 @@ REQUIRED = {
     "streamer_jobs",
     "streamer_memory_wait_seconds",
     "streamer_memory_available_bytes",
+    "streamer_store_writes",
+    "streamer_store_write_failures",
+    "streamer_store_pending",
 }
 
 
@@ -208,3 +211,13 @@ async def test_metrics_two_apps_do_not_share_figures(
     assert idle_figures("streamer_events_published_total") == 0
     assert idle_figures("streamer_sessions") == 0
     assert set(jobs_by_status(idle_figures).values()) == {0}
+
+
+async def test_metrics_count_store_writes(make_manager: Build) -> None:
+    """Writes to the store are counted once a session's creation is saved."""
+    async with client(create_app(make_manager())) as http:
+        await http.post("/api/sessions")
+        figures = Scrape((await http.get("/metrics")).text)
+
+    assert figures("streamer_store_writes_total") >= 1
+    assert figures("streamer_store_write_failures_total") == 0
