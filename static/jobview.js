@@ -51,6 +51,13 @@ export class JobList {
     this._views.clear();
     this._off.push(
       streamer.onJob("*", (change) => this._changed(change)),
+      streamer.on("job.save_failed", (message) => this._saveFailed(message)),
+      streamer.on("job.suspended", (message) =>
+        this._announce(
+          `Job ${message.job_id} paused: ${message.reason}; it resumes when the` +
+            " server is back",
+        ),
+      ),
       streamer.on("snapshot", (message) => {
         if (message.reset) {
           const count = message.jobs.length;
@@ -133,6 +140,19 @@ export class JobList {
     return view;
   }
 
+  _saveFailed(message) {
+    // The server retries the write on its own; the card says so until the
+    // page reloads, since no message tells that a later write succeeded.
+    const text = `Not saved yet (the server retries): ${message.error}`;
+    this._announce(`Job ${message.job_id} could not be saved: ${message.error}`);
+    const view = this._views.get(message.job_id);
+    if (view !== undefined) {
+      view.saveError = text;
+      this._mark(message.job_id, false);
+      this._schedule();
+    }
+  }
+
   _drop(jobId) {
     const view = this._views.get(jobId);
     if (view === undefined) return;
@@ -183,7 +203,7 @@ export class JobList {
     showText(parts.eta, changed("eta", etaLine(job)), view.last.eta);
     showText(parts.current, changed("current", currentLine(job)), view.last.current);
     this._memory(view, state);
-    const error = view.actionError ?? job.error ?? "";
+    const error = view.actionError ?? job.error ?? view.saveError ?? "";
     showText(parts.error, changed("error", error), error);
     if (documents || view.fresh) this._documents(view, state);
     view.fresh = false;

@@ -34,6 +34,7 @@ from streamer import (
     converter_name,
 )
 from streamer.app import create_app
+from streamer.errors import StoreError
 from streamer.memory import GIB
 from streamer.runner import StreamerServer, server_config
 from streamer.server import error_response
@@ -41,6 +42,7 @@ from streamer.server import error_response
 from .conftest import TIMEOUT
 from .helpers import Controlled
 from .live import Live, serve
+from .test_journal import FlakyStore
 
 # Imported here so the tests read plainly; without Playwright the browser
 # fixture skips (or, in CI, fails) before any of them runs.
@@ -386,6 +388,29 @@ async def test_browser_bad_token_is_refused_clearly(
         await expect(page.get_by_role("button", name="New session")).to_be_visible()
         await expect(page.locator("#new-job")).to_be_hidden()
         await shot(page, output, "refused")
+
+
+async def test_browser_save_failure_is_announced(
+    page: Any, output: Path, manager: JobManager, converter: Controlled
+) -> None:
+    """A job whose state cannot be saved says so in the page, with the reason."""
+    store = FlakyStore()
+    async with serve(viewer_app(manager, converter, store=store)) as live:
+        session = await open_session(page, live)
+        job_id = await create_job(live, session, ["a.pdf"])
+        await converter.wait_started("a.pdf", TIMEOUT)
+        store.error = StoreError("could not save to streamer.db: the disk is full")
+        converter.finish("a.pdf")
+        await expect(page.locator("#announcer")).to_contain_text(
+            f"Job {job_id} could not be saved: could not save to streamer.db:"
+            " the disk is full"
+        )
+        await expect(card(page, job_id).locator(".error")).to_have_text(
+            "Not saved yet (the server retries): could not save to streamer.db:"
+            " the disk is full"
+        )
+        await shot(page, output, "save-failed")
+        store.error = None
 
 
 async def test_browser_hundred_jobs_at_ten_updates_a_second_stay_smooth(
