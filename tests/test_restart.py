@@ -81,6 +81,9 @@ async def test_restart_keeps_tokens_sessions_and_jobs(tmp_path: Path) -> None:
             f"/api/sessions/{session_id}/jobs/{job_id}", headers=bearer(token)
         )
         assert session_id in again.streamer.sessions
+        history = again.streamer.manager.history.to_dict()
+        assert history == live.streamer.manager.history.to_dict()
+        assert [entry["documents"] for entry in history.values()] == [1]
 
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -140,6 +143,23 @@ async def test_restart_resumes_where_a_shutdown_stopped(tmp_path: Path) -> None:
     assert first.started == ["a.pdf", "b.pdf"]
     assert second.started == ["b.pdf", "c.pdf"]
     assert types.count("job.document_converted") == 2
+
+
+async def test_restart_sweeps_partial_files_of_a_dead_process(tmp_path: Path) -> None:
+    """Half-written uploads and results left by a killed process are deleted."""
+    partial = [
+        tmp_path / "documents" / ".upload-0123456789abcdef.part",
+        tmp_path / "results" / "doc-a" / ".0123456789abcdef.txt.part",
+    ]
+    whole = tmp_path / "results" / "doc-a" / "0123456789abcdef.txt"
+    for path in [*partial, whole]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half")
+    async with serve(app_on(tmp_path, Controlled())):
+        pass
+
+    assert [path.exists() for path in partial] == [False, False]
+    assert whole.read_text() == "half"
 
 
 async def test_restart_refuses_new_jobs_while_shutting_down(tmp_path: Path) -> None:
