@@ -40,7 +40,14 @@ class Writing:
         return {"text_file": f"{document_id}/text.txt"}
 
 
-async def started(app: Any) -> Server:
+async def started(make_manager: Build, folder: Path, **settings: Any) -> Server:
+    """A started app's server, its documents converted by :class:`Writing`."""
+    app = create_app(
+        make_manager(),
+        converter=Writing(folder / "results"),
+        data_dir=folder,
+        **settings,
+    )
     server: Server = app.state.streamer
     await server.start()
     return server
@@ -70,15 +77,13 @@ async def test_retention_sweep_removes_what_is_old_and_unused(
     make_manager: Build, clock: ManualClock, tmp_path: Path, caplog: Any
 ) -> None:
     """Old finished jobs, their results, unused uploads and dead sessions go."""
-    app = create_app(
-        make_manager(),
-        converter=Writing(tmp_path / "results"),
-        data_dir=tmp_path,
+    server = await started(
+        make_manager,
+        tmp_path,
         retention=24 * HOUR,
         retention_interval=1000 * HOUR,
         token_ttl=HOUR,
     )
-    server = await started(app)
     old_session = server.sessions.create().session_id
     live_session = server.sessions.create().session_id
     old_doc = upload(server, old_session, "old")
@@ -126,14 +131,12 @@ async def test_retention_keeps_an_upload_a_job_still_names(
     make_manager: Build, clock: ManualClock, tmp_path: Path
 ) -> None:
     """An old upload stays while a job that is kept names it."""
-    app = create_app(
-        make_manager(),
-        converter=Writing(tmp_path / "results"),
-        data_dir=tmp_path,
+    server = await started(
+        make_manager,
+        tmp_path,
         retention=HOUR,
         retention_interval=1000 * HOUR,
     )
-    server = await started(app)
     session_id = server.sessions.create().session_id
     document = upload(server, session_id, "shared")
     await clock.advance(2 * HOUR)
@@ -149,14 +152,12 @@ async def test_retention_runs_on_a_schedule(
     make_manager: Build, clock: ManualClock, tmp_path: Path
 ) -> None:
     """The sweep repeats every retention_interval, on the manager's clock."""
-    app = create_app(
-        make_manager(),
-        converter=Writing(tmp_path / "results"),
-        data_dir=tmp_path,
+    server = await started(
+        make_manager,
+        tmp_path,
         retention=HOUR,
         retention_interval=600,
     )
-    server = await started(app)
     session_id = server.sessions.create().session_id
     job_id = await finished_job(server, session_id, "a")
     # Sweeps at 0, 600, ... 3000 s find it younger than an hour; the one at
@@ -175,13 +176,11 @@ async def test_retention_off_keeps_everything(
     make_manager: Build, clock: ManualClock, tmp_path: Path
 ) -> None:
     """retention=None never removes a thing."""
-    app = create_app(
-        make_manager(),
-        converter=Writing(tmp_path / "results"),
-        data_dir=tmp_path,
+    server = await started(
+        make_manager,
+        tmp_path,
         retention=None,
     )
-    server = await started(app)
     session_id = server.sessions.create().session_id
     job_id = await finished_job(server, session_id, "a")
     await clock.advance(1000 * HOUR)
