@@ -6,6 +6,14 @@ and queues the same bytes for every subscriber of that session. Endpoints
 await :meth:`Subscription.get` and write what it returns to the wire; the hub
 itself does no I/O.
 
+A consumer with nothing queued may instead :meth:`Subscription.hand_off` to
+publish a writer: publish then hands each message straight to it rather than
+queueing it and waking the consumer's task, which at a thousand subscribers
+is most of what a delivery costs. A writer that cannot finish a message at
+once keeps it and ends the hand-off; everything published after it is
+queued, bounded and coalesced as usual until the consumer has caught up and
+hands off again.
+
 A cursor reads ``<epoch>-<seq>``. The epoch is drawn at random per hub and
 session (the hub's part, then the session's), so a cursor issued by an earlier
 server process, or for another session, is recognisably foreign; ``seq``
@@ -221,7 +229,8 @@ class _Session:
 class Subscription:
     """One client's queue of messages from a session; made by :meth:`Hub.subscribe`.
 
-    A subscription has a single consumer: one :meth:`get` at a time.
+    A subscription has a single consumer: one :meth:`get` at a time, or a
+    :meth:`hand_off` to publish.
     """
 
     __slots__ = (
@@ -235,6 +244,8 @@ class Subscription:
         "_sent",
         "_soft_limit",
         "_waiter",
+        "_wake",
+        "_writer",
         "jobs",
         "session_id",
     )
@@ -252,11 +263,15 @@ class Subscription:
         self.jobs = jobs
         self._soft_limit = soft_limit
         self._hard_limit = hard_limit
-        self._queue: deque[_Frame] = deque()
+        # None whenever nothing is queued: an empty deque holds a block of
+        # 64 slots, most of what an idle subscriber would cost otherwise.
+        self._queue: deque[_Frame] | None = None
         # The queued progress frame of each job, so a newer one can take its
         # place; entries leave when the frame is read.
         self._pending: dict[str, _Frame] = {}
         self._waiter: asyncio.Future[None] | None = None
+        self._writer: Callable[[bytes], bool] | None = None
+        self._wake: Callable[[], None] | None = None
         self._closed: str | None = None
         self._backlogged = False
         self._sent = 0
@@ -279,16 +294,11 @@ class Subscription:
         Raises :class:`SubscriberEvicted` if the subscriber fell too far
         behind, and :class:`SubscriptionClosed` once it is closed otherwise.
         """
-        while not self._queue:
+        while self._queue is None:
             if self._closed is not None:
                 raise self._closed_error()
 
-            if self._waiter is not None:
-                raise RuntimeError(
-                    f"subscription to session {self.session_id} already has "
-                    "a get() waiting"
-                )
-
+            self._check_no_consumer()
             waiter = asyncio.get_running_loop().create_future()
             self._waiter = waiter
             try:
@@ -298,9 +308,32 @@ class Subscription:
 
         return self._pop()
 
+    def hand_off(
+        self, write: Callable[[bytes], bool], wake: Callable[[], None]
+    ) -> bool:
+        """Let publish write each new message with ``write`` until it cannot.
+
+        Returns ``False``, and changes nothing, if a message is queued or the
+        subscription is closed: read on with :meth:`get_nowait`. Otherwise,
+        from now on :meth:`Hub.publish` calls ``write(data)`` for each message
+        instead of queueing it. ``write`` returns ``True`` once the message is
+        on its way, or ``False`` if it holds the message unfinished; then, or
+        when the subscription closes, the hand-off ends: ``wake()`` is called
+        once, and what is published next is queued again, for the consumer to
+        read after it has finished the message that ``write`` holds. Neither
+        callable may raise, and neither may call back into the hub.
+        """
+        if self._queue is not None or self._closed is not None:
+            return False
+
+        self._check_no_consumer()
+        self._writer = write
+        self._wake = wake
+        return True
+
     def get_nowait(self) -> bytes | None:
         """Return the next message if one is queued, else ``None``."""
-        if self._queue:
+        if self._queue is not None:
             return self._pop()
 
         if self._closed is not None:
@@ -316,11 +349,19 @@ class Subscription:
 
     def statistics(self) -> SubscriptionStatistics:
         return SubscriptionStatistics(
-            queued=len(self._queue),
+            queued=0 if self._queue is None else len(self._queue),
             sent=self._sent,
             coalesced=self._coalesced,
-            waiting=self._waiter is not None and not self._waiter.done(),
+            waiting=self._writer is not None
+            or (self._waiter is not None and not self._waiter.done()),
         )
+
+    def _check_no_consumer(self) -> None:
+        if self._waiter is not None or self._writer is not None:
+            raise RuntimeError(
+                f"subscription to session {self.session_id} already has "
+                "a consumer waiting"
+            )
 
     def _closed_error(self) -> SubscriptionClosed:
         if self._closed == "lagging":
@@ -331,8 +372,7 @@ class Subscription:
     def _prime(self, first: _Frame, frames: Collection[_Frame]) -> None:
         # Replayed frames are queued as they are, without coalescing among
         # themselves, so a resume delivers exactly the events it announced.
-        self._queue.append(first)
-        self._queue.extend(frames)
+        self._queue = deque((first, *frames))
         for frame in frames:
             if frame.progress:
                 self._pending[frame.job_id] = frame
@@ -340,6 +380,16 @@ class Subscription:
     def _push(self, frame: _Frame) -> None:
         # This runs once per subscriber per event: keep it to a dict lookup,
         # a deque append and, only for a consumer that is waiting, a wake-up.
+        write = self._writer
+        if write is not None:
+            # Handed off, so nothing is queued and nothing the consumer sent
+            # is unfinished: the message may skip the queue, and there is no
+            # queued progress to coalesce it with.
+            self._sent += 1
+            if not write(frame.data):
+                self._end_hand_off()
+            return
+
         if frame.progress:
             queued = self._pending.get(frame.job_id)
             if queued is not None:
@@ -353,12 +403,21 @@ class Subscription:
             self._pending.pop(frame.job_id, None)
 
         queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
         queue.append(frame)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
         if len(queue) >= self._soft_limit:
-            self._overflow()
+            self._overflow(len(queue))
+
+    def _end_hand_off(self) -> None:
+        wake = self._wake
+        self._writer = self._wake = None
+        if wake is not None:
+            wake()
 
     def _coalesce(self, queued: _Frame, frame: _Frame) -> None:
         data = (
@@ -368,7 +427,9 @@ class Subscription:
         )
         if queued.shared:
             # The first replacement swaps in a private copy; later ones for
-            # the same slot rewrite that copy and skip the search.
+            # the same slot rewrite that copy and skip the search. A pending
+            # frame is always queued, so the queue is there.
+            assert self._queue is not None
             private = _Frame(
                 data,
                 queued.seq,
@@ -385,8 +446,7 @@ class Subscription:
         self._coalesced += 1
         self._hub._coalesced += 1
 
-    def _overflow(self) -> None:
-        queued = len(self._queue)
+    def _overflow(self, queued: int) -> None:
         if queued > self._hard_limit:
             self._hub._evict(self, queued)
             return
@@ -401,12 +461,18 @@ class Subscription:
             )
 
     def _pop(self) -> bytes:
-        frame = self._queue.popleft()
+        queue = self._queue
+        assert queue is not None
+        frame = queue.popleft()
+        left = len(queue)
+        if not left:
+            self._queue = None
+
         self._sent += 1
         if frame.progress and self._pending.get(frame.job_id) is frame:
             del self._pending[frame.job_id]
 
-        if self._backlogged and len(self._queue) < self._soft_limit:
+        if self._backlogged and left < self._soft_limit:
             self._backlogged = False
             self._hub._backlogged -= 1
 
@@ -421,10 +487,13 @@ class Subscription:
             self._backlogged = False
             self._hub._backlogged -= 1
 
-        self._queue.clear()
+        self._queue = None
         self._pending.clear()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+        # A consumer that handed off learns of the close from its wake-up.
+        self._end_hand_off()
 
 
 class Hub:

@@ -774,6 +774,210 @@ async def test_get_cancelled_leaves_subscription_usable() -> None:
         assert json.loads(await subscription.get())["job_id"] == "a"
 
 
+# Hand-off to publish
+
+
+class Writer:
+    """A consumer's writer for hand_off: takes messages until told to hold one."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.held: list[bytes] = []
+        self.wakes = 0
+        self.hold = False
+
+    def write(self, data: bytes) -> bool:
+        if self.hold:
+            self.held.append(data)
+            return False
+
+        self.written.append(data)
+        return True
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [json.loads(data) for data in self.written]
+
+
+def handed_off(hub: Hub, **options: Any) -> tuple[Subscription, Writer]:
+    """A subscriber that read its first message and handed off to a Writer."""
+    subscription = hub.subscribe("s1", snapshot=no_jobs, **options)
+    drain(subscription)
+    writer = Writer()
+    assert subscription.hand_off(writer.write, writer.wake)
+    return subscription, writer
+
+
+def test_hand_off_publish_writes_instead_of_queueing() -> None:
+    """Handed off, each message goes to the writer, in order, and none is queued."""
+    hub = Hub()
+    subscription, writer = handed_off(hub)
+    for n in range(3):
+        hub.publish(lifecycle("a", n))
+
+    assert [m["job"]["n"] for m in writer.messages()] == [0, 1, 2]
+    assert writer.wakes == 0
+    statistics = subscription.statistics()
+    assert (statistics.queued, statistics.sent, statistics.waiting) == (0, 4, True)
+    assert hub.statistics().delivered == 3
+
+
+def test_hand_off_writer_gets_the_shared_bytes() -> None:
+    """The writer is handed the very bytes every other subscriber gets."""
+    hub = Hub()
+    _, writer = handed_off(hub)
+    queued = hub.subscribe("s1", snapshot=no_jobs)
+    drain(queued)
+    hub.publish(lifecycle("a"))
+
+    assert writer.written[0] is queued.get_nowait()
+
+
+def test_hand_off_refused_while_a_message_is_queued() -> None:
+    """hand_off returns False and changes nothing while a message waits."""
+    hub = Hub()
+    subscription = hub.subscribe("s1", snapshot=no_jobs)
+    writer = Writer()
+
+    assert not subscription.hand_off(writer.write, writer.wake)
+    hub.publish(lifecycle("a"))
+    assert writer.written == []
+    assert [m["type"] for m in drain(subscription)] == ["snapshot", "job.started"]
+
+
+def test_hand_off_refused_once_closed() -> None:
+    """A closed subscription refuses a hand-off."""
+    hub = Hub()
+    subscription = hub.subscribe("s1", snapshot=no_jobs)
+    drain(subscription)
+    subscription.close()
+    writer = Writer()
+
+    assert not subscription.hand_off(writer.write, writer.wake)
+
+
+async def test_hand_off_and_get_exclude_each_other() -> None:
+    """A subscription takes one consumer: a get() or a hand-off, not both."""
+    hub = Hub()
+    subscription, writer = handed_off(hub)
+    with pytest.raises(RuntimeError):
+        await subscription.get()
+    with pytest.raises(RuntimeError):
+        subscription.hand_off(writer.write, writer.wake)
+
+    other = hub.subscribe("s1", snapshot=no_jobs)
+    drain(other)
+    async with asyncio.timeout(TIMEOUT):
+        getter = await start_get(other)
+        with pytest.raises(RuntimeError):
+            other.hand_off(writer.write, writer.wake)
+
+        getter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await getter
+
+
+def test_hand_off_held_message_ends_it_and_queues_the_rest() -> None:
+    """A write that holds its message wakes the consumer once; the rest queue."""
+    hub = Hub()
+    subscription, writer = handed_off(hub)
+    hub.publish(lifecycle("a", 0))
+    writer.hold = True
+    hub.publish(lifecycle("a", 1))
+    hub.publish(lifecycle("a", 2))
+    hub.publish(lifecycle("a", 3))
+
+    assert writer.wakes == 1
+    assert [json.loads(data)["job"]["n"] for data in writer.held] == [1]
+    assert [m["job"]["n"] for m in drain(subscription)] == [2, 3]
+
+    # Caught up, the consumer hands off again and publish writes once more.
+    writer.hold = False
+    assert subscription.hand_off(writer.write, writer.wake)
+    hub.publish(lifecycle("a", 4))
+    assert [m["job"]["n"] for m in writer.messages()] == [0, 4]
+    assert subscription.statistics().sent == 6
+
+
+def test_hand_off_held_message_then_progress_coalesces() -> None:
+    """Behind a held message, progress queues and coalesces as for any reader."""
+    hub = Hub()
+    subscription, writer = handed_off(hub)
+    writer.hold = True
+    hub.publish(progress("a", 1))
+    for n in range(2, 6):
+        hub.publish(progress("a", n))
+    hub.publish(lifecycle("a", 6, kind="job.completed"))
+
+    assert [json.loads(data)["job"]["n"] for data in writer.held] == [1]
+    messages = drain(subscription)
+    assert [(m["type"], m["job"]["n"]) for m in messages] == [
+        (COALESCABLE, 5),
+        ("job.completed", 6),
+    ]
+    assert seq_of(messages[0]["cursor"]) == 2
+    assert hub.statistics().coalesced == 3
+
+
+def test_hand_off_held_message_then_lagging_evicts() -> None:
+    """A consumer stuck on a held message is evicted past hard_limit, woken once."""
+    hub = Hub(queue_size=2, hard_limit=4)
+    subscription, writer = handed_off(hub)
+    fast, fast_writer = handed_off(hub)
+    writer.hold = True
+    for n in range(6):
+        hub.publish(lifecycle("a", n))
+
+    assert subscription.closed == "lagging"
+    assert writer.wakes == 1
+    with pytest.raises(SubscriberEvicted):
+        subscription.get_nowait()
+
+    assert [m["job"]["n"] for m in fast_writer.messages()] == list(range(6))
+    assert fast.closed is None
+    assert hub.statistics().evicted == 1
+
+
+def test_hand_off_close_wakes_the_consumer() -> None:
+    """Closing a handed-off subscription wakes its consumer, which sees why."""
+    hub = Hub()
+    subscription, writer = handed_off(hub)
+    hub.close()
+
+    assert writer.wakes == 1
+    with pytest.raises(SubscriptionClosed) as caught:
+        subscription.get_nowait()
+
+    assert caught.value.reason == "shutdown"
+    subscription.close()
+    assert writer.wakes == 1
+
+
+def test_hand_off_follows_the_jobs_filter() -> None:
+    """A handed-off subscriber with a job filter is written only its jobs."""
+    hub = Hub()
+    _, writer = handed_off(hub, jobs=["a"])
+    hub.publish(lifecycle("b"))
+    hub.publish(lifecycle("a"))
+
+    assert [m["job_id"] for m in writer.messages()] == ["a"]
+
+
+def test_hand_off_thousand_subscribers_each_written_every_event() -> None:
+    """1000 handed-off subscribers are each written every event, in order."""
+    hub = Hub(max_subscribers_per_session=1000)
+    writers = [handed_off(hub)[1] for _ in range(1000)]
+    for n in range(5):
+        hub.publish(lifecycle("a", n))
+
+    assert {tuple(m["job"]["n"] for m in w.messages()) for w in writers} == {
+        (0, 1, 2, 3, 4)
+    }
+    assert sum(w.wakes for w in writers) == 0
+
+
 # Closing
 
 
