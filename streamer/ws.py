@@ -3,9 +3,23 @@
 Everything that can refuse a client (origin, token, job filter, limits) is
 decided before the handshake is accepted, and a refusal is an HTTP response
 with the API's error body; a cursor is never refused, only reset. Once
-accepted, one task sends what the hub queues while this one reads the
-client's messages, so a client that never reads cannot stall its own pings
-and a chatty one cannot stall sends.
+accepted, the endpoint's task reads the client's messages and sending goes
+on beside it, so a client that never reads cannot stall its own pings and a
+chatty one cannot stall sends.
+
+Sending costs no task while the client keeps up. With nothing queued, the
+subscription is handed off to publish, which writes each message as it comes:
+straight to the transport when the server offers the :data:`TEXT_FRAMES`
+extension (streamer's own uvicorn protocol does, see :mod:`streamer.runner`),
+else by starting the ASGI send right there, which returns without
+suspending whenever the transport takes the bytes (uvicorn's send waits only
+once the transport has paused writing; it runs in the publisher's task, and
+servers' sends do not care which task calls them). A send that does suspend
+ends the hand-off: a task finishes it, in the connection's stead, and sends what the
+hub queued meanwhile, bounded and coalesced as for any reader, until it has
+caught up and hands off again. So a paused transport holds at most one
+message beyond its own buffer, and one slow client never delays publish or
+the others.
 
 Close codes: 1003 for a binary frame, 1008 for a client that exceeds its
 message rate, 1009 for an oversized message, 1012 when the server shuts down,
@@ -19,6 +33,8 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.requests import HTTPConnection
@@ -28,10 +44,11 @@ from .errors import HubClosed, HubLimitExceeded, SubscriberEvicted, Subscription
 from .hub import Subscription
 from .server import ApiError, Server, ServerSettings, server_of
 
-__all__ = ["job_filter", "open_subscription", "websocket_endpoint"]
+__all__ = ["TEXT_FRAMES", "job_filter", "open_subscription", "websocket_endpoint"]
 
 logger = logging.getLogger("streamer.ws")
 
+CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
@@ -40,10 +57,16 @@ CLOSE_TRY_AGAIN = 1013
 
 _MAX_JOB_FILTER = 100
 
+#: The scope extension of a server that can write a text message at once. Its
+#: ``"write"``, called with the payload's bytes, writes the message and
+#: returns ``True``, or, if it cannot without waiting, writes nothing and
+#: returns ``False``.
+TEXT_FRAMES = "streamer.text_frames"
+
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def allowed_origin(connection: WebSocket, origins: tuple[str, ...] | None) -> bool:
+def allowed_origin(connection: HTTPConnection, origins: tuple[str, ...] | None) -> bool:
     """Whether the handshake's Origin may open a socket.
 
     Clients that are not browsers send no Origin and are let through: the
@@ -104,41 +127,180 @@ def open_subscription(
 async def websocket_endpoint(websocket: WebSocket) -> None:
     server = server_of(websocket)
     try:
-        if not allowed_origin(websocket, server.settings.origins):
-            raise ApiError(403, "origin_refused", "this origin may not connect")
-        cursor = websocket.query_params.get("cursor")
-        subscription = open_subscription(server, websocket, cursor)
+        subscription = _handshake(server, websocket)
     except ApiError as exc:
         logger.info("refused websocket: %s", exc.code)
         await websocket.send_denial_response(exc.response())
         return
 
-    # Two tasks a connection, this one reading and one sending: when the
-    # sender closes the socket (shutdown, eviction), the client's answer or
-    # the ping timeout ends the reading here.
+    # This task reads; a second one sends, but only while publish cannot
+    # write for it. When the sender closes the socket (shutdown, eviction),
+    # the client's answer or the ping timeout ends the reading here.
     with subscription:
         await websocket.accept()
-        sender = asyncio.create_task(_send(websocket, subscription))
+        sender = _Sender(websocket, subscription)
+        sender.start()
         try:
             await _receive(websocket, server.settings)
         finally:
-            sender.cancel()
+            await sender.stop()
+
+
+def _handshake(server: Server, websocket: WebSocket) -> Subscription:
+    # Read through a view of the scope of its own, so that the parsed query,
+    # token and all, is dropped with the view instead of staying on the
+    # WebSocket for the connection's life.
+    handshake = HTTPConnection(websocket.scope)
+    if not allowed_origin(handshake, server.settings.origins):
+        raise ApiError(403, "origin_refused", "this origin may not connect")
+
+    cursor = handshake.query_params.get("cursor")
+    return open_subscription(server, handshake, cursor)
+
+
+class _Sender:
+    """Sends a subscription's messages, handing off to publish whenever idle.
+
+    Its task runs only to send what is queued (the first message, a replay,
+    what piled up behind a slow transport) and to finish a send that could
+    not complete at once; then it hands off and ends, and the hub's
+    :meth:`~streamer.hub.Subscription.hand_off` wakes a new one when needed.
+    An idle connection holds no task of its own for sending.
+    """
+
+    __slots__ = (
+        "_failed",
+        "_frames",
+        "_rest",
+        "_stopped",
+        "_subscription",
+        "_task",
+        "_websocket",
+    )
+
+    def __init__(self, websocket: WebSocket, subscription: Subscription) -> None:
+        self._websocket = websocket
+        self._subscription = subscription
+        extension = (websocket.scope.get("extensions") or {}).get(TEXT_FRAMES) or {}
+        self._frames: Callable[[bytes], bool] | None = extension.get("write")
+        self._task: asyncio.Task[None] | None = None
+        self._rest: _Rest | None = None
+        self._failed: Exception | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        """Start sending; called once, and from the hub's wake-up after that."""
+        # The previous task, if any, ended when it handed off, so only one
+        # ever runs; stop() awaits whichever is the last.
+        if not self._stopped:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop sending: cancel the task, if one runs, and drop what it held."""
+        self._stopped = True
+        task = self._task
+        if task is not None:
+            task.cancel()
+            # The sender's failure is the connection's end, which the reader
+            # sees for itself; nothing is left to report.
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+                await task
+
+        rest, self._rest = self._rest, None
+        if rest is not None:
+            rest.close()
+
+    def write_now(self, data: bytes) -> bool:
+        """Whether the message went out; if not, :meth:`_finish` completes it."""
+        try:
+            if self._frames is not None and self._frames(data):
+                return True
+
+            text = {"type": "websocket.send", "text": data.decode()}
+            send = self._websocket.send(text)
+            suspended = send.send(None)
+        except StopIteration:
+            return True
+        except Exception as exc:
+            # Raised in the sending task instead, which ends as it would
+            # have had it made the call itself; publish must not see it.
+            self._failed = exc
+            return False
+
+        self._rest = _Rest(send, suspended)
+        return False
+
+    async def _run(self) -> None:
+        websocket, subscription = self._websocket, self._subscription
+        try:
+            await self._finish()
+            while True:
+                data = subscription.get_nowait()
+                if data is None:
+                    if subscription.hand_off(self.write_now, self.start):
+                        # Ending without an error, this task need not be
+                        # awaited; a finished task kept here would only
+                        # hold memory for the connection's life.
+                        self._task = None
+                        return
+                    continue
+
+                if not self.write_now(data):
+                    await self._finish()
+        except SubscriberEvicted:
+            await _close(websocket, CLOSE_TRY_AGAIN, "lagging; resume from your cursor")
+        except SubscriptionClosed as exc:
+            if exc.reason == "shutdown":
+                await _close(websocket, CLOSE_RESTART, "server restarting")
+            else:
+                await _close(websocket, CLOSE_NORMAL, "")
+
+    async def _finish(self) -> None:
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            raise failed
+
+        rest, self._rest = self._rest, None
+        if rest is not None:
+            await rest
 
 
-async def _send(websocket: WebSocket, subscription: Subscription) -> None:
-    try:
+class _Rest:
+    """What is left of a coroutine that suspended before any task awaited it.
+
+    The coroutine has already yielded what it waits for, usually a future;
+    awaiting this hands that to the awaiting task first, and resumes the
+    coroutine only once the task is woken, as if it had awaited it all along.
+    """
+
+    __slots__ = ("_coroutine", "_suspended")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], suspended: Any) -> None:
+        self._coroutine = coroutine
+        self._suspended = suspended
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coroutine, suspended = self._coroutine, self._suspended
         while True:
-            data = await subscription.get()
-            await websocket.send({"type": "websocket.send", "text": data.decode()})
-    except SubscriberEvicted:
-        await _close(websocket, CLOSE_TRY_AGAIN, "lagging; resume from your cursor")
-    except SubscriptionClosed as exc:
-        if exc.reason == "shutdown":
-            await _close(websocket, CLOSE_RESTART, "server restarting")
-        else:
-            await _close(websocket, 1000, "")
+            try:
+                sent = yield suspended
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:
+                # A cancellation, most likely: the coroutine gets to see it.
+                try:
+                    suspended = coroutine.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    suspended = coroutine.send(sent)
+                except StopIteration:
+                    return
+
+    def close(self) -> None:
+        self._coroutine.close()
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:

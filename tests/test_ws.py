@@ -14,10 +14,15 @@ import resource
 import socket
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.websockets.websockets_sansio_impl import (
+    WebSocketsSansIOProtocol,
+)
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -29,8 +34,11 @@ from websockets.uri import parse_uri
 
 from streamer import JobEvent, JobManager, SystemClock
 from streamer.app import create_app
+from streamer.events import JobCompleted, JobProgress, JobStarted
 from streamer.hub import parse_cursor
+from streamer.runner import StreamerWebSocketProtocol, text_frame
 from streamer.tokens import mint_token
+from streamer.ws import _Rest
 
 from .conftest import TIMEOUT, Recorder
 from .helpers import Controlled
@@ -53,6 +61,21 @@ def manager(make_manager: Callable[..., JobManager]) -> JobManager:
     # the probe's plenty, and each document asks for little of it, so no job
     # ever waits for memory.
     return make_manager(clock=SystemClock(), memory_required_gb=1.0)
+
+
+#: uvicorn's WebSocket protocols a delivery test runs under: streamer's own,
+#: which writes frames itself, and two whose sends publish drives through ASGI.
+PROTOCOLS: dict[str, Any] = {
+    "frames": "websockets-sansio",
+    "sansio-asgi": WebSocketsSansIOProtocol,
+    "wsproto-asgi": "wsproto",
+}
+
+
+@pytest.fixture(params=list(PROTOCOLS))
+def protocol(request: pytest.FixtureRequest) -> Any:
+    """The ``ws`` option of uvicorn for each of PROTOCOLS."""
+    return PROTOCOLS[request.param]
 
 
 def ws(
@@ -695,7 +718,7 @@ SLOW_EVENTS = 1000
 
 
 async def test_ws_slow_consumer_is_evicted_1013_and_resumes(
-    manager: JobManager, converter: Controlled, recorder: Recorder
+    manager: JobManager, converter: Controlled, recorder: Recorder, protocol: Any
 ) -> None:
     """A client that stops reading does not delay others, is closed 1013, resumes."""
     app = create_app(
@@ -705,7 +728,7 @@ async def test_ws_slow_consumer_is_evicted_1013_and_resumes(
         hard_limit=32,
         replay_size=SLOW_EVENTS,
     )
-    async with serve(app) as live:
+    async with serve(app, ws=protocol) as live:
         session_id, token = await live.session()
 
         # Accepted sockets inherit the listener's send buffer; with the slow
@@ -746,6 +769,222 @@ async def test_ws_slow_consumer_is_evicted_1013_and_resumes(
 
     assert resumed["type"] == "resumed"
     assert [m["job_id"] for m in received + rest] == [e.job_id for e in recorder.events]
+
+
+def hub_event(kind: str, session_id: str, job_id: str, n: int = 0) -> JobEvent:
+    """An engine event to publish straight into a server's hub."""
+    types: dict[str, type[JobEvent]] = {
+        "job.started": JobStarted,
+        "job.progress": JobProgress,
+        "job.completed": JobCompleted,
+    }
+    return types[kind](
+        job_id, session_id, datetime.now(UTC), {"job_id": job_id, "n": n}
+    )
+
+
+#: Progress events published behind a stalled client.
+PROGRESS_EVENTS = 50
+
+
+async def test_ws_stalled_consumer_gets_progress_coalesced_beside_fast_one(
+    manager: JobManager, converter: Controlled, protocol: Any
+) -> None:
+    """Behind a paused transport progress coalesces; a fast client gets every event."""
+    app = create_app(
+        manager, converter=converter, queue_size=8, hard_limit=4096, replay_size=4096
+    )
+    async with serve(app, ws=protocol) as live:
+        session_id, token = await live.session()
+        hub = live.streamer.hub
+        listener = live.server.servers[0].sockets[0]
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock = await small_buffer_socket(live.port)
+        async with (
+            ws(live, session_id, token, compression=None) as fast,
+            ws(live, session_id, token, compression=None, sock=sock) as slow,
+        ):
+            await receive(fast)
+            await receive(slow)
+
+            # Lifecycle events until the slow client's queue reaches
+            # queue_size: by then its transport has paused and the hub
+            # queues for it, while the fast one is written every event.
+            fills: list[str] = []
+            while hub.statistics().backlogged == 0:
+                assert len(fills) < SLOW_EVENTS, "the slow client never stalled"
+                fills.append(f"fill-{len(fills)}")
+                hub.publish(hub_event("job.started", session_id, fills[-1]))
+                assert (await receive(fast))["job_id"] == fills[-1]
+
+            for n in range(PROGRESS_EVENTS):
+                hub.publish(hub_event("job.progress", session_id, "p", n))
+                message = await receive(fast)
+                assert (message["type"], message["job"]["n"]) == ("job.progress", n)
+            hub.publish(hub_event("job.completed", session_id, "p"))
+            assert (await receive(fast))["type"] == "job.completed"
+
+            stream = await receive_until(slow, "job.completed", "p")
+
+        statistics = hub.statistics()
+
+    assert [m["job_id"] for m in stream if m["type"] == "job.started"] == fills
+    progressed = [m["job"]["n"] for m in stream if m["type"] == "job.progress"]
+    assert 0 < len(progressed) < PROGRESS_EVENTS
+    assert progressed == sorted(set(progressed))
+    assert progressed[-1] == PROGRESS_EVENTS - 1
+    assert [seq(m) for m in stream] == sorted({seq(m) for m in stream})
+    assert statistics.coalesced > 0
+    assert statistics.evicted == 0
+
+
+async def test_ws_vanished_client_disturbs_neither_publish_nor_others(
+    manager: JobManager, converter: Controlled, protocol: Any
+) -> None:
+    """Writing to a client that reset its connection costs publish nothing."""
+    async with serve(create_app(manager, converter=converter), ws=protocol) as live:
+        session_id, token = await live.session()
+        hub = live.streamer.hub
+        async with (
+            ws(live, session_id, token) as stays,
+            ws(live, session_id, token) as goes,
+        ):
+            await receive(stays)
+            await receive(goes)
+            goes.transport.abort()
+
+            # Some of these are written before the server sees the reset.
+            for n in range(50):
+                hub.publish(hub_event("job.started", session_id, f"j{n}"))
+                assert (await receive(stays))["job_id"] == f"j{n}"
+
+            await until(lambda: hub.statistics().connections == 1)
+
+
+async def test_ws_streamer_protocol_writes_frames_itself(
+    manager: JobManager, converter: Controlled, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Served by streamer's runner, live events are framed by the protocol itself."""
+    written: list[bytes] = []
+    write_text_now = StreamerWebSocketProtocol.write_text_now
+
+    def spy(self: StreamerWebSocketProtocol, payload: bytes) -> bool:
+        done = write_text_now(self, payload)
+        if done:
+            written.append(payload)
+        return done
+
+    monkeypatch.setattr(StreamerWebSocketProtocol, "write_text_now", spy)
+    async with serve(create_app(manager, converter=converter)) as live:
+        session_id, token = await live.session()
+        async with ws(live, session_id, token) as client:
+            await receive(client)
+            for n in range(5):
+                live.streamer.hub.publish(hub_event("job.started", session_id, f"j{n}"))
+            messages = [await receive(client) for _ in range(5)]
+
+    # The snapshot was queued, and its sending task framed it the same way.
+    assert [m["job_id"] for m in messages] == [f"j{n}" for n in range(5)]
+    assert json.loads(written[0])["type"] == "snapshot"
+    assert [json.loads(payload) for payload in written[1:]] == messages
+
+
+class SendRecorder:
+    """A user's middleware that sees every WebSocket message the app sends."""
+
+    def __init__(self, app: ASGIApp, sent: list[Message]) -> None:
+        self.app = app
+        self.sent = sent
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def recording(message: Message) -> None:
+            self.sent.append(message)
+            await send(message)
+
+        await self.app(scope, receive, recording)
+
+
+async def test_ws_user_middleware_still_sees_every_message(
+    manager: JobManager, converter: Controlled, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a user's middleware in the app, no message goes around it."""
+    sent: list[Message] = []
+    framed: list[bytes] = []
+    write_text_now = StreamerWebSocketProtocol.write_text_now
+
+    def spy(self: StreamerWebSocketProtocol, payload: bytes) -> bool:
+        framed.append(payload)
+        return write_text_now(self, payload)
+
+    monkeypatch.setattr(StreamerWebSocketProtocol, "write_text_now", spy)
+    app = create_app(manager, converter=converter)
+    app.add_middleware(SendRecorder, sent=sent)
+    async with serve(app) as live:
+        session_id, token = await live.session()
+        async with ws(live, session_id, token) as client:
+            await receive(client)
+            for n in range(5):
+                live.streamer.hub.publish(hub_event("job.started", session_id, f"j{n}"))
+            messages = [await receive(client) for _ in range(5)]
+
+    texts = [json.loads(m["text"]) for m in sent if m["type"] == "websocket.send"]
+    assert texts[1:] == messages
+    assert framed == []
+
+
+@pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536])
+def test_ws_text_frame_is_framed_as_websockets_frames_it(length: int) -> None:
+    """The protocol's own text frame is byte for byte what websockets would send."""
+    payload = b"x" * length
+
+    assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+
+async def test_ws_rest_of_a_suspended_send_is_finished_by_a_task() -> None:
+    """A send that suspended outside any task completes once a task awaits the rest."""
+    ready = asyncio.Event()
+    log: list[str] = []
+
+    async def send() -> None:
+        await ready.wait()
+        log.append("sent")
+
+    async def finish(rest: _Rest) -> None:
+        await rest
+
+    coroutine = send()
+    task = asyncio.create_task(finish(_Rest(coroutine, coroutine.send(None))))
+    await asyncio.sleep(0)
+    assert log == []
+
+    ready.set()
+    async with asyncio.timeout(TIMEOUT):
+        await task
+    assert log == ["sent"]
+
+
+async def test_ws_rest_of_a_suspended_send_sees_its_task_cancelled() -> None:
+    """Cancelling the task that finishes a suspended send reaches the send."""
+    log: list[str] = []
+
+    async def send() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+
+    async def finish(rest: _Rest) -> None:
+        await rest
+
+    coroutine = send()
+    task = asyncio.create_task(finish(_Rest(coroutine, coroutine.send(None))))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(TIMEOUT):
+            await task
+    assert log == ["cancelled"]
 
 
 #: How many subscribers the load test opens on one session.
