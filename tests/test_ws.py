@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -377,9 +378,14 @@ async def test_ws_cursor_of_a_previous_server_resets(
     manager: JobManager,
     converter: Controlled,
     make_manager: Callable[..., JobManager],
+    tmp_path: Path,
 ) -> None:
     """A cursor issued by an earlier server gets a reset snapshot, not a replay."""
-    async with serve(create_app(manager, converter=converter, secret=SECRET)) as live:
+    # Data directories of their own, so the later server restores nothing.
+    first = create_app(
+        manager, converter=converter, secret=SECRET, data_dir=tmp_path / "first"
+    )
+    async with serve(first) as live:
         session_id, token = await live.session()
         async with ws(live, session_id, token) as client:
             await receive(client)
@@ -389,7 +395,10 @@ async def test_ws_cursor_of_a_previous_server_resets(
     # The new server numbers the session's events from 1 again, so the old
     # cursor's number alone would look resumable.
     later = make_manager(clock=SystemClock(), memory_required_gb=1.0)
-    async with serve(create_app(later, converter=converter, secret=SECRET)) as live:
+    second = create_app(
+        later, converter=converter, secret=SECRET, data_dir=tmp_path / "second"
+    )
+    async with serve(second) as live:
         job_ids = [later.create_job(session_id, ["a"]) for _ in range(2)]
         async with ws(live, session_id, token, cursor=cursor) as client:
             snapshot = await receive(client)
