@@ -20,7 +20,10 @@ End of input stops the server. The variants:
 * ``broadcaster``: encode/broadcaster's memory backend behind a Starlette
   endpoint: one subscriber per connection, each event sent as it comes;
 * ``streamer``: ``streamer.create_app()`` with events published straight into
-  its hub.
+  its hub, served as ``streamer serve`` serves it: by streamer's runner, whose
+  uvicorn WebSocket protocol lets the endpoint write frames itself;
+* ``streamer-asgi``: the same app under uvicorn's own protocol, as a host
+  application that mounts it would serve it: every send goes through ASGI.
 
 Each variant imports its framework only once chosen, so that a process holds
 no other variant's code in its RSS and a missing optional package fails its
@@ -48,7 +51,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-VARIANTS = ("websockets", "starlette", "broadcaster", "streamer")
+VARIANTS = ("websockets", "starlette", "broadcaster", "streamer", "streamer-asgi")
 LOOPS = ("asyncio", "uvloop")
 WS_IMPLS = ("websockets", "websockets-sansio", "wsproto")
 
@@ -197,14 +200,16 @@ class _UvicornFanout(Fanout):
     async def started(self, port: int) -> str:
         return "/ws"
 
-    async def start(self, sock: socket.socket) -> str:
+    def server(self, **options: Any) -> Any:
+        """A uvicorn server of this variant's app, configured by ``options``."""
         import uvicorn
 
-        config = uvicorn.Config(
-            self.app(),
+        return uvicorn.Server(uvicorn.Config(self.app(), lifespan="auto", **options))
+
+    async def start(self, sock: socket.socket) -> str:
+        self._server = self.server(
             http=self._http,
             ws=self._ws,
-            lifespan="auto",
             log_level="warning",
             access_log=False,
             ws_ping_interval=None,
@@ -212,7 +217,6 @@ class _UvicornFanout(Fanout):
             backlog=4096,
             timeout_graceful_shutdown=1,
         )
-        self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         async with asyncio.timeout(_START_TIMEOUT):
             while not self._server.started:
@@ -330,6 +334,11 @@ class StreamerFanout(_UvicornFanout):
         self._app = create_app()
         return self._app
 
+    def server(self, **options: Any) -> Any:
+        from streamer.runner import StreamerServer, server_config
+
+        return StreamerServer(server_config(self.app(), **options))
+
     async def started(self, port: int) -> str:
         import httpx
 
@@ -353,6 +362,13 @@ class StreamerFanout(_UvicornFanout):
         self._app.state.streamer.hub.publish(hub_event)
 
 
+class StreamerAsgiFanout(StreamerFanout):
+    """``streamer.create_app()`` under uvicorn's own WebSocket protocol."""
+
+    def server(self, **options: Any) -> Any:
+        return _UvicornFanout.server(self, **options)
+
+
 def make_fanout(variant: str, ws: str, http: str) -> Fanout:
     if variant == "websockets":
         return WebsocketsFanout()
@@ -362,6 +378,8 @@ def make_fanout(variant: str, ws: str, http: str) -> Fanout:
         return BroadcasterFanout(ws, http)
     if variant == "streamer":
         return StreamerFanout(ws, http)
+    if variant == "streamer-asgi":
+        return StreamerAsgiFanout(ws, http)
     raise ValueError(f"unknown variant {variant!r}")
 
 

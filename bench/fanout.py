@@ -1,6 +1,6 @@
 """How fast events of one session reach its WebSocket subscribers, side by side.
 
-``python bench/fanout.py`` takes about four minutes; ``--quick`` under one.
+``python bench/fanout.py`` takes about six minutes; ``--quick`` about one.
 ``--choose`` measures the bare Starlette endpoint under every uvicorn
 WebSocket implementation and event loop instead, and names the best. Beyond
 the project's own dependencies it wants ``broadcaster``, ``uvloop``,
@@ -22,7 +22,11 @@ The variants, all on 127.0.0.1 and without compression or pings: a bare
 ``websockets`` server with ``broadcast()`` (the limit); a Starlette endpoint
 that only loops ``send_text`` under the same uvicorn (the floor of any
 Starlette app); encode/broadcaster's memory backend behind Starlette (the
-peer a user would pick instead); and ``streamer.create_app()``.
+peer a user would pick instead); ``streamer.create_app()`` as ``streamer
+serve`` runs it, on streamer's own uvicorn WebSocket protocol, which writes
+the frames of a publish itself; and, as ``streamer-asgi``, the same app on
+uvicorn's plain protocol, where publish drives each ASGI send, as when a host
+application mounts it.
 
 The machine is shared and noisy, so every server is up for the whole of a
 subscriber count, each round measures every variant once in an order that
@@ -76,6 +80,7 @@ _DEFAULT_LOOP = "uvloop"
 # What each variant, WS implementation, loop and HTTP parser needs installed.
 _NEEDS = {
     "streamer": "streamer.app",
+    "streamer-asgi": "streamer.app",
     "broadcaster": "broadcaster",
     "wsproto": "wsproto",
     "uvloop": "uvloop",
@@ -499,6 +504,7 @@ def print_ratios(by_variant: dict[str, Record]) -> None:
         ("streamer", "starlette"),
         ("streamer", "broadcaster"),
         ("streamer", "websockets"),
+        ("streamer-asgi", "starlette"),
     ]
     lines = []
     for a, b in pairs:
