@@ -11,11 +11,11 @@ Sending costs no task while the client keeps up. With nothing queued, the
 subscription is handed off to publish, which writes each message as it comes:
 straight to the transport when the server offers the :data:`TEXT_FRAMES`
 extension (streamer's own uvicorn protocol does, see :mod:`streamer.runner`),
-else by starting the ASGI send right there, which returns without
-suspending whenever the transport takes the bytes (uvicorn's send waits only
-once the transport has paused writing; it runs in the publisher's task, and
-servers' sends do not care which task calls them). A send that does suspend
-ends the hand-off: a task finishes it, in the connection's stead, and sends what the
+else by starting the ASGI send right there, which returns without suspending
+whenever the transport takes the bytes (uvicorn's send waits only once the
+transport has paused writing; it runs in the publisher's task, and servers'
+sends do not care which task calls them). A send that does suspend ends the
+hand-off: a task finishes it, in the connection's stead, and sends what the
 hub queued meanwhile, bounded and coalesced as for any reader, until it has
 caught up and hands off again. So a paused transport holds at most one
 message beyond its own buffer, and one slow client never delays publish or
