@@ -15,6 +15,7 @@ set, a datetime) is kept as its ``str()``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -123,9 +124,8 @@ class SqliteStore:
     async def _call(self, work: Callable[[], T], doing: str) -> T:
         if self._executor is None:
             raise StoreError(f"the store {self.location} is closed")
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, work)
+            return await _outside_loop(self._executor, work)
         except sqlite3.Error as exc:
             reason, words = _reason(exc)
             raise StoreError(
@@ -238,6 +238,33 @@ class SqliteStore:
             with contextlib.suppress(sqlite3.Error):
                 connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             connection.close()
+
+
+async def _outside_loop(executor: ThreadPoolExecutor, work: Callable[[], T]) -> T:
+    """Run ``work`` on the store's thread, and see that the thread gets to run.
+
+    A thread that waits for the GIL asks the holder to hand it over only if
+    no other switch happened while it waited (CPython's take_gil). An event
+    loop with work always ready polls with a zero timeout, dropping and
+    retaking the GIL thousands of times a second, so the request never
+    comes: a write of a millisecond was seen to take seconds. When a call is
+    still running after ``_PATIENCE``, the loop therefore waits for it
+    outright, for at most ``_HAND_OVER``, which gives the thread the GIL
+    until it is done; an idle or moderately busy loop never does this.
+    """
+    pending = executor.submit(work)
+    waiting = asyncio.wrap_future(pending)
+    while True:
+        done, _ = await asyncio.wait({waiting}, timeout=_PATIENCE)
+        if done:
+            return waiting.result()
+        concurrent.futures.wait([pending], timeout=_HAND_OVER)
+
+
+# Seconds a store call may take before the loop yields to it, and the most
+# the loop then blocks, each time, for the thread to finish.
+_PATIENCE = 0.05
+_HAND_OVER = 0.02
 
 
 @contextlib.contextmanager
