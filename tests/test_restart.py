@@ -30,13 +30,9 @@ from .helpers import Controlled
 from .journaled import read_journal
 from .live import serve
 from .pdfs import page_line, text_pdf
-from .test_cli import STARTUP, Program, streamer
+from .test_cli import STARTUP, Program, bearer, streamer
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 @contextlib.asynccontextmanager

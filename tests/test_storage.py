@@ -20,13 +20,11 @@ from typing import Any
 
 import pytest
 
-from streamer.app import create_app
-
 from .conftest import TIMEOUT
 from .helpers import Controlled
 from .live import Live, serve
 from .pdfs import text_pdf
-from .test_restart import bearer, receive, ws
+from .test_restart import app_on, bearer, receive, ws
 
 
 def needs_root(tool: str) -> None:
@@ -68,10 +66,6 @@ def fill(disk: Path) -> Path:
     finally:
         os.close(descriptor)
     return filler
-
-
-def app_on(data_dir: Path, converter: Controlled) -> Any:
-    return create_app(converter=converter, data_dir=data_dir, memory_required="1MB")
 
 
 async def new_job(live: Live, session_id: str, token: str, *ids: str) -> Any:
